@@ -1,0 +1,1 @@
+"""The training engine. Importing it is cheap: heavy libraries load where they are used."""

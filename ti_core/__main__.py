@@ -1,0 +1,157 @@
+"""The command line: python -m ti_core {train,print-config,inspect-model,make-demo}.
+
+User mistakes print as one line and exit with code 2; --debug shows the traceback too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from ti_core.config import Config
+from ti_core.config_io import add_config_arguments, apply_cli_overrides, config_to_toml, load_config
+from ti_core.errors import ConfigError, TiError
+
+log = logging.getLogger("ti_core")
+USER_ERROR_EXIT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ti_core",
+        description="Textual Inversion for Stable Diffusion 1.x, 2.x and SDXL.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train an embedding from a config file and/or flags",
+        description="Flags override the config file; every config key is a flag.",
+    )
+    _add_config_file_argument(train)
+    add_config_arguments(train)
+
+    show = commands.add_parser(
+        "print-config", help="print the resolved config (file + flags) as TOML"
+    )
+    _add_config_file_argument(show)
+    add_config_arguments(show)
+
+    inspect = commands.add_parser(
+        "inspect-model", help="say what a model is (family, prediction type) and that it loads"
+    )
+    inspect.add_argument("model", help="diffusers folder, .safetensors/.ckpt file, or demo:sd1")
+    inspect.add_argument("--v2", action="store_true", help="as in sd-scripts")
+    inspect.add_argument("--v_parameterization", action="store_true", help="as in sd-scripts")
+    inspect.add_argument("--no-load", action="store_true", help="only read the file's header")
+
+    demo = commands.add_parser(
+        "make-demo", help="build a tiny random model and a synthetic dataset (no download)"
+    )
+    demo.add_argument("--out", type=Path, help="folder to write (default: the demo cache)")
+    demo.add_argument("--family", choices=("sd1", "sd2", "sdxl"), default="sd1")
+    demo.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    return parser
+
+
+def _add_config_file_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "--config_file",
+        dest="config_file",
+        metavar="FILE",
+        help="TOML config: ours (sections) or an sd-scripts --config_file (flat)",
+    )
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config_file) if args.config_file else Config()
+    return apply_cli_overrides(config, args)
+
+
+def check_output_dir(path: str) -> Path:
+    """The run folder must be creatable and writable before minutes of loading are spent."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"output_dir = {path}: cannot write there ({error.strerror}). "
+            "Pick a folder you can write to."
+        ) from None
+    return folder
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from ti_core.models import load_model
+
+    config = resolve_config(args)
+    check_output_dir(config.saving.output_dir)
+    model = config.model
+    load_model(model.pretrained_model_name_or_path, model.v2, model.v_parameterization, model.vae)
+    raise TiError(
+        "The config is valid and the model loads, but this version has no training loop yet "
+        "(it comes with the training run, issue 6). Nothing was trained."
+    )
+
+
+def command_print_config(args: argparse.Namespace) -> int:
+    sys.stdout.write(config_to_toml(resolve_config(args)))
+    return 0
+
+
+def command_inspect_model(args: argparse.Namespace) -> int:
+    from ti_core.models import inspect_model, load_model
+
+    info = inspect_model(args.model)
+    print(f"{args.model}: {info.describe()} (prediction type from {info.evidence})")
+    if not args.no_load:
+        loaded = load_model(args.model, args.v2, args.v_parameterization)
+        print(f"loads as {loaded.describe()}")
+    return 0
+
+
+def command_make_demo(args: argparse.Namespace) -> int:
+    from ti_core.demo import make_demo
+    from ti_core.models import cache_root
+
+    out = args.out or cache_root() / "demo" / args.family
+    make_demo(out, args.family, force=args.force)
+    print(f"demo {args.family} model and dataset in {out}")
+    print(f"  model folder: {out / 'model'}\n  single file:  {out / 'model.safetensors'}")
+    print(f"  dataset:      {out / 'dataset'}")
+    return 0
+
+
+COMMANDS = {
+    "train": command_train,
+    "print-config": command_print_config,
+    "inspect-model": command_inspect_model,
+    "make-demo": command_make_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Our own progress at INFO; libraries only when something is wrong.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr
+    )
+    log.setLevel(logging.INFO)
+    try:
+        return COMMANDS[args.command](args)
+    except TiError as error:
+        if args.debug:
+            log.exception("details")
+        print(f"error: {error}", file=sys.stderr)
+        return USER_ERROR_EXIT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""The one typed config of a training run: sections of fields named as sd-scripts' arguments.
+
+Loading, saving, validation and the CLI flags all read the field declarations here
+(type, default, help, limits), so adding an option is one field. See config_io.py.
+Options a later part of the engine will implement are declared with `planned=`:
+setting one to anything but its default is refused, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ti_core.errors import ConfigError
+
+SCHEMA_VERSION = 1
+__all__ = ["Config", "ConfigError", "FIELDS", "SCHEMA_VERSION", "SECTIONS"]
+
+
+def opt(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    planned: str | None = None,
+) -> Any:
+    """Declare one option: its default, help text (CLI --help, GUI tooltip) and limits."""
+    metadata = {"help": help, "choices": choices, "min": min, "max": max, "planned": planned}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+TRAINING_ISSUE = "the training run (issue 6)"
+DATA_ISSUE = "the data and token layer (issue 5)"
+
+
+@dataclass
+class ModelConfig:
+    pretrained_model_name_or_path: str = opt(
+        "",
+        "Base model: a diffusers folder, a .safetensors/.ckpt checkpoint, a hub id, "
+        "or demo:sd1 / demo:sd2 / demo:sdxl for the tiny built-in demo model.",
+    )
+    v2: bool = opt(False, "The model is Stable Diffusion 2.x (detected from a checkpoint's keys).")
+    v_parameterization: bool = opt(
+        False, "The model predicts v (SD 2.x 768-v). Detected where the file says so."
+    )
+    vae: str = opt("", "A separate VAE (file or diffusers folder) to use instead of the model's.")
+    clip_skip: int = opt(
+        1,
+        "Use the output of the N-th text encoder layer from the end.",
+        min=1,
+        max=12,
+        planned=TRAINING_ISSUE,
+    )
+    max_token_length: int = opt(
+        75,
+        "Caption token budget: 75, 150 or 225 (longer captions are chunked).",
+        choices=(75, 150, 225),
+        planned=DATA_ISSUE,
+    )
+    lowram: bool = opt(False, "Load the model straight to the GPU.", planned=TRAINING_ISSUE)
+    no_half_vae: bool = opt(
+        False, "Keep the VAE in float32 under mixed precision.", planned=TRAINING_ISSUE
+    )
+
+
+@dataclass
+class DatasetConfig:
+    dataset_config: str = opt(
+        "",
+        "sd-scripts dataset TOML ([general], [[datasets]], [[datasets.subsets]]).",
+        planned=DATA_ISSUE,
+    )
+    train_data_dir: str = opt(
+        "", "Folder of DreamBooth-style subfolders named N_name (N = repeats).", planned=DATA_ISSUE
+    )
+    reg_data_dir: str = opt(
+        "", "Folder of regularization images (N_name subfolders).", planned=DATA_ISSUE
+    )
+    in_json: str = opt("", "Fine-tuning metadata JSON with captions.", planned=DATA_ISSUE)
+    resolution: str = opt(
+        "512", "Training resolution: 'SIZE' or 'WIDTH,HEIGHT'.", planned=DATA_ISSUE
+    )
+    enable_bucket: bool = opt(
+        False, "Group images by aspect ratio into buckets.", planned=DATA_ISSUE
+    )
+    min_bucket_reso: int = opt(256, "Smallest bucket side in pixels.", min=64, planned=DATA_ISSUE)
+    max_bucket_reso: int = opt(1024, "Largest bucket side in pixels.", min=64, planned=DATA_ISSUE)
+    bucket_reso_steps: int = opt(
+        64, "Bucket sides are multiples of this.", min=8, planned=DATA_ISSUE
+    )
+    bucket_no_upscale: bool = opt(
+        False, "Never upscale an image to fit a bucket.", planned=DATA_ISSUE
+    )
+    caption_extension: str = opt(
+        ".caption", "Extension of caption files next to images.", planned=DATA_ISSUE
+    )
+    shuffle_caption: bool = opt(False, "Shuffle comma-separated caption tags.", planned=DATA_ISSUE)
+    keep_tokens: int = opt(
+        0, "Keep the first N caption tags in place when shuffling.", min=0, planned=DATA_ISSUE
+    )
+    flip_aug: bool = opt(False, "Randomly mirror images.", planned=DATA_ISSUE)
+    color_aug: bool = opt(False, "Randomly shift image hue.", planned=DATA_ISSUE)
+    random_crop: bool = opt(
+        False, "Crop at a random place instead of the centre.", planned=DATA_ISSUE
+    )
+    caption_dropout_rate: float = opt(
+        0.0,
+        "Chance of training an image with an empty caption.",
+        min=0.0,
+        max=1.0,
+        planned=DATA_ISSUE,
+    )
+    train_batch_size: int = opt(1, "Images per step.", min=1, planned=TRAINING_ISSUE)
+    cache_latents: bool = opt(
+        False, "Encode every image once before training.", planned=TRAINING_ISSUE
+    )
+    cache_latents_to_disk: bool = opt(
+        False, "Keep the latent cache in files next to the images.", planned=TRAINING_ISSUE
+    )
+    max_data_loader_n_workers: int = opt(
+        0, "Worker processes loading images.", min=0, planned=TRAINING_ISSUE
+    )
+    use_object_template: bool = opt(
+        False, "Ignore captions; use 'a photo of a {}' style templates.", planned=DATA_ISSUE
+    )
+    use_style_template: bool = opt(
+        False, "Ignore captions; use 'a painting in the style of {}' templates.", planned=DATA_ISSUE
+    )
+    debug_dataset: bool = opt(
+        False,
+        "Print each caption's input ids (new tokens are >= 49408) and stop.",
+        planned=DATA_ISSUE,
+    )
+
+
+@dataclass
+class TokenConfig:
+    token_string: str = opt(
+        "", "The made-up word captions use for the concept (e.g. mychar4).", planned=DATA_ISSUE
+    )
+    init_word: str = opt(
+        "", "A word close to the concept; the new vectors start from it.", planned=DATA_ISSUE
+    )
+    num_vectors_per_token: int = opt(
+        1, "How many vectors (prompt tokens) the embedding uses.", min=1, max=75, planned=DATA_ISSUE
+    )
+    weights: str = opt("", "Start from an existing embedding file.", planned=DATA_ISSUE)
+
+
+@dataclass
+class TrainingConfig:
+    max_train_steps: int = opt(1600, "Steps to train.", min=1, planned=TRAINING_ISSUE)
+    max_train_epochs: int = opt(
+        0, "Epochs to train (overrides max_train_steps when set).", min=0, planned=TRAINING_ISSUE
+    )
+    gradient_accumulation_steps: int = opt(
+        1, "Batches summed per optimizer step.", min=1, planned=TRAINING_ISSUE
+    )
+    gradient_checkpointing: bool = opt(
+        False, "Recompute activations to save memory.", planned=TRAINING_ISSUE
+    )
+    mixed_precision: str = opt(
+        "no", "Compute precision.", choices=("no", "fp16", "bf16"), planned=TRAINING_ISSUE
+    )
+    full_fp16: bool = opt(False, "Keep the trained vectors in fp16 too.", planned=TRAINING_ISSUE)
+    full_bf16: bool = opt(False, "Keep the trained vectors in bf16 too.", planned=TRAINING_ISSUE)
+    seed: int = opt(0, "Random seed (0 = pick one and record it).", min=0, planned=TRAINING_ISSUE)
+    noise_offset: float = opt(
+        0.0, "Offset noise strength (0 = off).", min=0.0, planned=TRAINING_ISSUE
+    )
+    min_snr_gamma: float = opt(
+        0.0, "Min-SNR loss weighting gamma (0 = off).", min=0.0, planned=TRAINING_ISSUE
+    )
+    prior_loss_weight: float = opt(
+        1.0, "Loss weight of regularization images.", min=0.0, planned=TRAINING_ISSUE
+    )
+    max_grad_norm: float = opt(
+        1.0, "Clip gradients to this norm (0 = off).", min=0.0, planned=TRAINING_ISSUE
+    )
+    xformers: bool = opt(False, "Use xformers attention (CUDA only).", planned=TRAINING_ISSUE)
+    mem_eff_attn: bool = opt(False, "Use memory-efficient attention.", planned=TRAINING_ISSUE)
+
+
+@dataclass
+class OptimizerConfig:
+    optimizer_type: str = opt(
+        "AdamW",
+        "Optimizer.",
+        choices=("AdamW", "AdamW8bit", "Lion", "SGDNesterov", "Adafactor", "Prodigy"),
+        planned=TRAINING_ISSUE,
+    )
+    optimizer_args: list[str] = opt(
+        [], "Extra optimizer arguments as key=value.", planned=TRAINING_ISSUE
+    )
+    learning_rate: float = opt(5e-3, "Learning rate.", min=0.0, planned=TRAINING_ISSUE)
+    lr_scheduler: str = opt(
+        "constant",
+        "Learning-rate schedule.",
+        choices=(
+            "constant",
+            "constant_with_warmup",
+            "linear",
+            "cosine",
+            "cosine_with_restarts",
+            "polynomial",
+        ),
+        planned=TRAINING_ISSUE,
+    )
+    lr_warmup_steps: int = opt(0, "Warm-up steps.", min=0, planned=TRAINING_ISSUE)
+    lr_scheduler_num_cycles: int = opt(
+        1, "Restarts of cosine_with_restarts.", min=1, planned=TRAINING_ISSUE
+    )
+    lr_scheduler_power: float = opt(
+        1.0, "Power of the polynomial schedule.", min=0.0, planned=TRAINING_ISSUE
+    )
+
+
+@dataclass
+class SavingConfig:
+    output_dir: str = opt(
+        "output", "Run folder: embeddings, samples, logs and config.toml go here."
+    )
+    output_name: str = opt(
+        "",
+        "Embedding file name (the trigger word); defaults to token_string.",
+        planned=TRAINING_ISSUE,
+    )
+    save_model_as: str = opt(
+        "safetensors",
+        "Embedding file format.",
+        choices=("safetensors", "pt", "ckpt"),
+        planned=TRAINING_ISSUE,
+    )
+    save_precision: str = opt(
+        "float",
+        "Precision of saved vectors.",
+        choices=("float", "fp16", "bf16"),
+        planned=TRAINING_ISSUE,
+    )
+    save_every_n_steps: int = opt(
+        0, "Save a numbered copy every N steps (0 = off).", min=0, planned=TRAINING_ISSUE
+    )
+    save_every_n_epochs: int = opt(
+        0, "Save a numbered copy every N epochs (0 = off).", min=0, planned=TRAINING_ISSUE
+    )
+    save_state: bool = opt(False, "Also save resumable training state.", planned=TRAINING_ISSUE)
+    resume: str = opt("", "Resume from a saved state folder.", planned=TRAINING_ISSUE)
+
+
+@dataclass
+class SamplingConfig:
+    sample_prompts: str = opt(
+        "", "Prompts file for sample images (.txt, one prompt per line).", planned=TRAINING_ISSUE
+    )
+    sample_every_n_steps: int = opt(
+        0, "Make samples every N steps (0 = off).", min=0, planned=TRAINING_ISSUE
+    )
+    sample_every_n_epochs: int = opt(
+        0, "Make samples every N epochs (0 = off).", min=0, planned=TRAINING_ISSUE
+    )
+    sample_sampler: str = opt(
+        "ddim",
+        "Sampler for sample images.",
+        choices=("ddim", "euler", "euler_a", "dpmsolver++", "pndm"),
+        planned=TRAINING_ISSUE,
+    )
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    token: TokenConfig = field(default_factory=TokenConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    saving: SavingConfig = field(default_factory=SavingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """What the loader, the CLI and the GUI need to know about one option."""
+
+    section: str
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple | None
+    min: float | None
+    max: float | None
+    planned: str | None
+
+
+def _python_type(annotation: str) -> type:
+    return {"str": str, "bool": bool, "int": int, "float": float, "list[str]": list}[annotation]
+
+
+def all_fields() -> dict[str, FieldInfo]:
+    """Every option by name (names are unique across sections, as sd-scripts' flags are)."""
+    infos: dict[str, FieldInfo] = {}
+    for section_field in dataclasses.fields(Config):
+        for f in dataclasses.fields(section_field.default_factory()):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            infos[f.name] = FieldInfo(
+                section=section_field.name,
+                name=f.name,
+                type=_python_type(f.type),
+                default=default,
+                **f.metadata,
+            )
+    return infos
+
+
+FIELDS: dict[str, FieldInfo] = all_fields()
