@@ -165,3 +165,15 @@ def test_cli_print_config_applies_flags(tmp_path, capsys):
     path.write_text('[saving]\noutput_dir = "a"\n')
     assert main(["print-config", "--config_file", str(path), "--output_dir", "b"]) == 0
     assert config_from_toml(capsys.readouterr().out).saving.output_dir == "b"
+
+
+def test_readme_option_table_is_current():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "tools/options_table.py", "--check"], cwd=ROOT, capture_output=True
+    )
+    assert result.returncode == 0, result.stdout
