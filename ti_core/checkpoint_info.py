@@ -109,19 +109,23 @@ def _what_else(keys: set[str]) -> str:
 
 def folder_info(folder: Path) -> CheckpointInfo:
     """Family and prediction type of a diffusers folder, from its JSON configs."""
-    index = _read_json(folder / "model_index.json")
+    index = read_json(folder / "model_index.json")
     pipeline = index.get("_class_name", "")
     if "XL" in pipeline:
         family = "sdxl"
     else:
-        text_config = _read_json(folder / "text_encoder" / "config.json")
-        family = "sd2" if text_config.get("hidden_size") == 1024 else "sd1"
-    scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
+        text_config = read_json(folder / "text_encoder" / "config.json")
+        # SD2's OpenCLIP encoder uses plain gelu where SD1's CLIP-L uses quick_gelu.
+        is_open_clip = (
+            text_config.get("hidden_act") == "gelu" or text_config.get("hidden_size") == 1024
+        )
+        family = "sd2" if is_open_clip else "sd1"
+    scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
     prediction = scheduler.get("prediction_type", "epsilon")
     return CheckpointInfo(family, prediction == "v_prediction", "the scheduler config")
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from ti_core.checkpoint_info import (
     CheckpointInfo,
     classify_keys,
     folder_info,
+    read_json,
     read_safetensors_header,
 )
 from ti_core.errors import ModelError
@@ -105,13 +108,15 @@ def load_model(
     if path.is_dir():
         family, v_pred = _reconcile(name, folder_info(path), v2, v_parameterization)
         pipeline = _load_folder(path, family, dtype)
-    elif path.is_file() or path.suffix.lower() in SINGLE_FILE_SUFFIXES or os.sep in name:
+    elif path.is_file() or path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         if not path.is_file():
             raise ModelError(
                 f"{path}: file not found. Check the path (or pick a diffusers folder)."
             )
         family, v_pred = _reconcile(name, inspect_model(str(path)), v2, v_parameterization)
         pipeline = _load_single_file(path, family, v_pred, dtype)
+    elif not _looks_like_hub_id(name):
+        raise ModelError(f"{name}: no such file or folder. Check the path.")
     else:
         pipeline = _load_hub(name, dtype)
         detected = CheckpointInfo(
@@ -126,6 +131,11 @@ def load_model(
     loaded = LoadedModel(pipeline=pipeline, family=family, v_parameterization=v_pred, source=name)
     log.info("loaded %s", loaded.describe())
     return loaded
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """organisation/model, as on the Hugging Face hub; anything else is meant as a local path."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and "\\" not in name
 
 
 def _reconcile(
@@ -183,14 +193,23 @@ def _load_folder(path: Path, family: str, dtype: Any) -> Any:
         )
 
 
-def single_file_config_dir(path: Path, family: str, v_pred: bool) -> Path:
-    """The diffusers configs a single file loads with: a folder of the same name beside the
-    file (how the demo's tiny model loads), else the shipped config of its family."""
+@contextmanager
+def single_file_configs(path: Path, family: str, v_pred: bool) -> Iterator[Path]:
+    """The diffusers configs a single file loads with: those of a folder of the same name
+    beside the file (how the demo's tiny model loads), else the shipped ones of its family."""
     beside = path.with_suffix("")
-    if (beside / "model_index.json").is_file():
-        return beside
-    name = {"sd1": "sd15", "sd2": "sd2-v" if v_pred else "sd2-base", "sdxl": "sdxl-base"}[family]
-    return ASSETS / "models" / name
+    if not (beside / "model_index.json").is_file():
+        name = {"sd1": "sd15", "sd2": "sd2-v" if v_pred else "sd2-base", "sdxl": "sdxl-base"}
+        yield ASSETS / "models" / name[family]
+        return
+    # Configs only: given a folder with weights, diffusers would quietly take any part the
+    # single file lacks from there, and a broken file would seem to load.
+    with tempfile.TemporaryDirectory(prefix="ti-configs-") as target:
+        for config in beside.rglob("*.json"):
+            destination = Path(target) / config.relative_to(beside)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(config, destination)
+        yield Path(target)
 
 
 def load_tokenizer(pad_token: str | None = None) -> Any:
@@ -202,18 +221,16 @@ def load_tokenizer(pad_token: str | None = None) -> Any:
 
 
 def _load_single_file(path: Path, family: str, v_pred: bool, dtype: Any) -> Any:
-    config_dir = single_file_config_dir(path, family, v_pred)
     tokenizers = {"tokenizer": load_tokenizer("!" if family == "sd2" else None)}
     if family == "sdxl":
         tokenizers["tokenizer_2"] = load_tokenizer("!")
-    scheduler = _scheduler_from_config(config_dir)
-    with _as_model_error(path):
+    with single_file_configs(path, family, v_pred) as config_dir, _as_model_error(path):
         return _pipeline_class(family).from_single_file(
             str(path),
             config=str(config_dir),
             local_files_only=True,
             torch_dtype=dtype,
-            scheduler=scheduler,
+            scheduler=_scheduler_from_config(config_dir),
             **tokenizers,
             **_no_safety_checker(family),
         )
@@ -222,9 +239,8 @@ def _load_single_file(path: Path, family: str, v_pred: bool, dtype: Any) -> Any:
 def _scheduler_from_config(config_dir: Path) -> Any:
     import diffusers
 
-    config = diffusers.SchedulerMixin.load_config(str(config_dir / "scheduler"))
-    scheduler_class = getattr(diffusers, config["_class_name"])
-    return scheduler_class.from_config(config)
+    config = read_json(config_dir / "scheduler" / "scheduler_config.json")
+    return getattr(diffusers, config["_class_name"]).from_config(config)
 
 
 def _scheduler_with_prediction(scheduler: Any, v_pred: bool) -> Any:
@@ -274,8 +290,7 @@ def load_vae(name: str, family: str, dtype: Any = None) -> Any:
         raise ModelError(f"--vae {name}: file or folder not found. Check the path.")
     if path.suffix != ".safetensors":
         _load_pickle_state_dict(path)  # refuses pickles that need more than tensors
-    config_dir = single_file_config_dir(Path("-"), family, False)
-    with _as_model_error(path):
+    with single_file_configs(Path("-"), family, False) as config_dir, _as_model_error(path):
         return AutoencoderKL.from_single_file(
             str(path),
             config=str(config_dir),

@@ -25,6 +25,8 @@ def test_gui_process_does_not_import_torch_or_diffusers():
 
 
 def test_engine_does_not_import_gradio():
-    loaded = _modules_after("import ti_core.__main__, ti_core.models, ti_core.config_io")
+    loaded = _modules_after(
+        "import ti_core.__main__, ti_core.models, ti_core.config_io, ti_core.demo"
+    )
     assert "ti_core.models" in loaded
     assert "gradio" not in loaded
