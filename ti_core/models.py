@@ -175,7 +175,11 @@ def _family_of(pipeline: Any) -> str:
 
 def _pipeline_class(family: str) -> Any:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.utils import logging as diffusers_logging
 
+    # diffusers ignores the hub's switch for its own bars; follow it as transformers does.
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "") not in ("", "0"):
+        diffusers_logging.disable_progress_bar()
     return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
 
 
@@ -316,7 +320,9 @@ def _load_pickle_state_dict(path: Path) -> dict[str, Any]:
                 raise
             data = torch.load(path, map_location="cpu", weights_only=True)  # pre-zip format
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" in str(error):
+        # "Unsupported global": a class or function the file wants to run; anything else
+        # (an image, a text file, a torn download) is simply not a checkpoint.
+        if "Unsupported global" in str(error) or "GLOBAL" in str(error):
             raise ModelError(
                 f"{path}: this pickle holds more than tensors, and loading it could run code, "
                 "so it is refused. Convert it to .safetensors with a tool you trust and use that."

@@ -93,6 +93,12 @@ def test_truncated_safetensors_is_reported(tmp_path, demo_cache):
         load_model(str(broken))
 
 
+def test_an_image_picked_as_model_is_not_called_unsafe(tmp_path, demo_cache):
+    image = next((demo_dir("sd1") / "dataset").rglob("*.png"))
+    with pytest.raises(ModelError, match="not a readable checkpoint"):
+        load_model(str(image))
+
+
 @pytest.mark.parametrize(
     ("tensors", "expected"),
     [
