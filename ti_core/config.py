@@ -116,12 +116,33 @@ class DatasetConfig:
         max=1.0,
         planned=DATA_ISSUE,
     )
+    caption_dropout_every_n_epochs: int = opt(
+        0, "Train every N-th epoch with empty captions (0 = off).", min=0, planned=DATA_ISSUE
+    )
+    caption_tag_dropout_rate: float = opt(
+        0.0, "Chance of dropping each caption tag.", min=0.0, max=1.0, planned=DATA_ISSUE
+    )
+    caption_separator: str = opt(",", "What separates caption tags.", planned=DATA_ISSUE)
+    keep_tokens_separator: str = opt(
+        "", "Tags before this separator stay in place when shuffling.", planned=DATA_ISSUE
+    )
+    caption_prefix: str = opt("", "Text put before every caption.", planned=DATA_ISSUE)
+    caption_suffix: str = opt("", "Text put after every caption.", planned=DATA_ISSUE)
+    add_missing_token: bool = opt(
+        False,
+        "Put the token string in front of captions that lack it, instead of stopping "
+        "with a list of those captions.",
+        planned=DATA_ISSUE,
+    )
     train_batch_size: int = opt(1, "Images per step.", min=1, planned=TRAINING_ISSUE)
     cache_latents: bool = opt(
         False, "Encode every image once before training.", planned=TRAINING_ISSUE
     )
     cache_latents_to_disk: bool = opt(
         False, "Keep the latent cache in files next to the images.", planned=TRAINING_ISSUE
+    )
+    vae_batch_size: int = opt(
+        1, "Images encoded at once while caching latents.", min=1, planned=DATA_ISSUE
     )
     max_data_loader_n_workers: int = opt(
         0, "Worker processes loading images.", min=0, planned=TRAINING_ISSUE

@@ -67,7 +67,47 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
                     _set_checked(config, inner_key, inner_value, source, section=key)
             else:
                 _set_checked(config, key, value, source, section=None)
+    check_combinations(config, source)
     return config
+
+
+def parse_resolution(text: str, where: str = "resolution") -> tuple[int, int]:
+    """sd-scripts' --resolution: "512" or "768,512" (width,height) -> (width, height)."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) not in (1, 2) or not all(part.isdigit() for part in parts):
+        raise ConfigError(
+            f"{where} = {show(text)}: expected SIZE or WIDTH,HEIGHT in pixels, "
+            'e.g. "512" or "768,512".'
+        )
+    width, height = int(parts[0]), int(parts[-1])
+    if min(width, height) < 64:
+        raise ConfigError(f"{where} = {show(text)}: expected at least 64 pixels per side.")
+    return width, height
+
+
+def check_combinations(config: Config, source: str = "<config>") -> None:
+    """Rules between options, checked after every load and every override."""
+    data, token = config.dataset, config.token
+    parse_resolution(data.resolution, f"{source}: [dataset] resolution")
+    if data.use_object_template and data.use_style_template:
+        raise ConfigError(
+            f"{source}: use_object_template and use_style_template are both set; pick one."
+        )
+    if data.dataset_config and (data.train_data_dir or data.in_json):
+        raise ConfigError(
+            f"{source}: dataset_config is set together with train_data_dir/in_json; "
+            "the dataset TOML describes the images, so remove the others."
+        )
+    if data.min_bucket_reso > data.max_bucket_reso:
+        raise ConfigError(
+            f"{source}: min_bucket_reso ({data.min_bucket_reso}) is larger than "
+            f"max_bucket_reso ({data.max_bucket_reso})."
+        )
+    if token.token_string and " " in token.token_string.strip():
+        raise ConfigError(
+            f"{source}: [token] token_string = {show(token.token_string)}: one word without "
+            "spaces is expected (e.g. mychar4)."
+        )
 
 
 def _set_checked(config: Config, key: str, value: Any, source: str, section: str | None) -> None:
@@ -191,6 +231,7 @@ def apply_cli_overrides(config: Config, args: argparse.Namespace) -> Config:
         if name in vars(args):
             value = _from_cli_text(info, getattr(args, name))
             set_option(config, name, value, where=f"--{name}")
+    check_combinations(config, "command line")
     return config
 
 
