@@ -11,3 +11,11 @@ class ConfigError(TiError, ValueError):
 
 class ModelError(TiError):
     """A base model, VAE or checkpoint that cannot be found, read or recognised."""
+
+
+class DatasetError(TiError):
+    """A dataset TOML, folder layout or caption/metadata file that cannot be used."""
+
+
+class TokenError(TiError):
+    """A token string, init word or starting embedding that cannot make the placeholder tokens."""

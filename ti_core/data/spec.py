@@ -11,6 +11,20 @@ from pathlib import Path
 
 
 @dataclass
+class Problem:
+    """Something wrong with a dataset, found while reading or checking it. Errors stop a run
+    (sd-scripts would fail or train on nothing); warnings are shown and training goes on."""
+
+    severity: str  # "error" | "warning"
+    code: str  # the kind, stable for tests and the GUI: "missing_folder", "not_utf8", ...
+    message: str  # what is wrong, the same for every file of this kind
+    path: str = ""  # the file or folder concerned
+    detail: str = ""  # what is particular to this file ("byte 0xe9 at position 12")
+    hint: str = ""  # what to do about it
+    where: str = ""  # the subset or dataset, as in SubsetSpec.where
+
+
+@dataclass
 class SubsetSpec:
     """One [[datasets.subsets]] entry (or one N_name folder), after general -> dataset ->
     subset inheritance. Field names and defaults are sd-scripts'."""
@@ -49,6 +63,9 @@ class DatasetSpec:
     bucket_reso_steps: int = 64
     bucket_no_upscale: bool = False
     where: str = ""
+    # Problems found while reading the source itself (a folder without the N_ prefix, a missing
+    # train_data_dir); discover_images passes them on with the ones it finds.
+    problems: list[Problem] = field(default_factory=list)
 
 
 @dataclass
@@ -58,6 +75,6 @@ class ImageEntry:
 
     path: Path
     caption: str
-    caption_source: str  # "file" | "class_tokens" | "metadata" | "template"
+    caption_source: str  # "file" | "class_tokens" | "metadata" | "template" | "none" (empty)
     subset: SubsetSpec
     size: tuple[int, int] | None = None  # (width, height) once read
