@@ -16,10 +16,10 @@ from ti_core.data.dataset_toml import (
     parse_resolution,
     subset_spec,
 )
+from ti_core.data.images import IMAGE_EXTENSIONS
 from ti_core.data.spec import DatasetSpec, ImageEntry, Problem, SubsetSpec
 from ti_core.errors import DatasetError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # matched in any letter case
 OTHER_CAPTION_EXTENSIONS = (".txt", ".caption", ".tags")  # looked for when none are found
 
 
