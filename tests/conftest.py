@@ -33,9 +33,10 @@ def _loopback_only(self: socket.socket, address, *args, **kwargs):
 socket.socket.connect = _loopback_only
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache folder for demo:FAMILY models, shared by the whole test session."""
+    """A cache folder for demo:FAMILY models, shared by the whole test session; autouse, so no
+    test ever builds into (or reads from) the user's own cache."""
     cache = tmp_path_factory.mktemp("ti-cache")
     os.environ["TI_TRAINER_CACHE"] = str(cache)
     return cache

@@ -9,15 +9,15 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from ti_core.config import Config
 from ti_core.config_io import add_config_arguments, apply_cli_overrides, config_to_toml, load_config
-from ti_core.errors import ConfigError, TiError
+from ti_core.errors import TiError
 
 log = logging.getLogger("ti_core")
 USER_ERROR_EXIT = 2
+DATASET_PROBLEMS_EXIT = 1  # check-dataset ran fine and found errors in the data
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_file_argument(show)
     add_config_arguments(show)
+
+    doctor = commands.add_parser(
+        "check-dataset",
+        help="the dataset doctor: images, repeats, steps per epoch, buckets, every problem",
+        description="Exit code 0: ready to train; 1: the data has errors; 2: bad config.",
+    )
+    _add_config_file_argument(doctor)
+    doctor.add_argument("--json", action="store_true", help="machine-readable report")
+    add_config_arguments(doctor)
 
     inspect = commands.add_parser(
         "inspect-model", help="say what a model is (family, prediction type) and that it loads"
@@ -74,32 +83,52 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return apply_cli_overrides(config, args)
 
 
-def check_output_dir(path: str) -> Path:
-    """The run folder must be creatable and writable before minutes of loading are spent."""
-    folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise ConfigError(
-            f"output_dir = {path}: cannot write there ({error.strerror}). "
-            "Pick a folder you can write to."
-        ) from None
-    return folder
-
-
 def command_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from ti_core.data.buckets import check_bucket_reso_steps
     from ti_core.models import load_model
+    from ti_core.preflight import explicit_num_vectors, preflight
+    from ti_core.tokens import add_placeholders, text_parts
+    from ti_core.training_data import debug_dataset, print_debug_dataset
 
     config = resolve_config(args)
-    check_output_dir(config.saving.output_dir)
-    model = config.model
-    load_model(model.pretrained_model_name_or_path, model.v2, model.v_parameterization, model.vae)
-    raise TiError(
-        "The config is valid and the model loads, but this version has no training loop yet "
-        "(it comes with the training run, issue 6). Nothing was trained."
+    specs, _ = preflight(config)
+    model, token = config.model, config.token
+    loaded = load_model(
+        model.pretrained_model_name_or_path, model.v2, model.v_parameterization, model.vae
     )
+    for spec in specs:
+        check_bucket_reso_steps(spec, loaded.family)
+    tokenizers, text_encoders = text_parts(loaded.pipeline)
+    placeholders = add_placeholders(
+        tokenizers,
+        text_encoders,
+        token.token_string,
+        token.init_word,
+        explicit_num_vectors(config),
+        token.weights,
+        generator=torch.Generator().manual_seed(config.training.seed),
+    )
+    if config.dataset.debug_dataset:
+        lines = debug_dataset(config, specs, placeholders.expand, tokenizers[0])
+        print_debug_dataset(lines, print)
+        return 0
+    raise TiError(
+        "The config, the data, the token and the model are all valid, but this version has no "
+        "training loop yet (it comes with the training run, issue 6). Nothing was trained."
+    )
+
+
+def command_check_dataset(args: argparse.Namespace) -> int:
+    from ti_core.preflight import family_hint
+    from ti_core.training_data import check_data
+
+    config = resolve_config(args)
+    family = family_hint(config.model.pretrained_model_name_or_path) or "sdxl"
+    _, report = check_data(config, family)
+    print(report.to_json() if args.json else report.to_text())
+    return 0 if report.ok else DATASET_PROBLEMS_EXIT
 
 
 def command_print_config(args: argparse.Namespace) -> int:
@@ -133,6 +162,7 @@ def command_make_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": command_train,
     "print-config": command_print_config,
+    "check-dataset": command_check_dataset,
     "inspect-model": command_inspect_model,
     "make-demo": command_make_demo,
 }

@@ -35,7 +35,6 @@ def opt(
 
 
 TRAINING_ISSUE = "the training run (issue 6)"
-DATA_ISSUE = "the data and token layer (issue 5)"
 
 
 @dataclass
@@ -61,7 +60,6 @@ class ModelConfig:
         75,
         "Caption token budget: 75, 150 or 225 (longer captions are chunked).",
         choices=(75, 150, 225),
-        planned=DATA_ISSUE,
     )
     lowram: bool = opt(False, "Load the model straight to the GPU.", planned=TRAINING_ISSUE)
     no_half_vae: bool = opt(
@@ -74,67 +72,46 @@ class DatasetConfig:
     dataset_config: str = opt(
         "",
         "sd-scripts dataset TOML ([general], [[datasets]], [[datasets.subsets]]).",
-        planned=DATA_ISSUE,
     )
     train_data_dir: str = opt(
-        "", "Folder of DreamBooth-style subfolders named N_name (N = repeats).", planned=DATA_ISSUE
+        "", "Folder of DreamBooth-style subfolders named N_name (N = repeats)."
     )
-    reg_data_dir: str = opt(
-        "", "Folder of regularization images (N_name subfolders).", planned=DATA_ISSUE
-    )
-    in_json: str = opt("", "Fine-tuning metadata JSON with captions.", planned=DATA_ISSUE)
-    resolution: str = opt(
-        "512", "Training resolution: 'SIZE' or 'WIDTH,HEIGHT'.", planned=DATA_ISSUE
-    )
-    enable_bucket: bool = opt(
-        False, "Group images by aspect ratio into buckets.", planned=DATA_ISSUE
-    )
-    min_bucket_reso: int = opt(256, "Smallest bucket side in pixels.", min=64, planned=DATA_ISSUE)
-    max_bucket_reso: int = opt(1024, "Largest bucket side in pixels.", min=64, planned=DATA_ISSUE)
-    bucket_reso_steps: int = opt(
-        64, "Bucket sides are multiples of this.", min=8, planned=DATA_ISSUE
-    )
-    bucket_no_upscale: bool = opt(
-        False, "Never upscale an image to fit a bucket.", planned=DATA_ISSUE
-    )
-    caption_extension: str = opt(
-        ".caption", "Extension of caption files next to images.", planned=DATA_ISSUE
-    )
-    shuffle_caption: bool = opt(False, "Shuffle comma-separated caption tags.", planned=DATA_ISSUE)
-    keep_tokens: int = opt(
-        0, "Keep the first N caption tags in place when shuffling.", min=0, planned=DATA_ISSUE
-    )
-    flip_aug: bool = opt(False, "Randomly mirror images.", planned=DATA_ISSUE)
-    color_aug: bool = opt(False, "Randomly shift image hue.", planned=DATA_ISSUE)
-    random_crop: bool = opt(
-        False, "Crop at a random place instead of the centre.", planned=DATA_ISSUE
-    )
+    reg_data_dir: str = opt("", "Folder of regularization images (N_name subfolders).")
+    in_json: str = opt("", "Fine-tuning metadata JSON with captions.")
+    resolution: str = opt("512", "Training resolution: 'SIZE' or 'WIDTH,HEIGHT'.")
+    enable_bucket: bool = opt(False, "Group images by aspect ratio into buckets.")
+    min_bucket_reso: int = opt(256, "Smallest bucket side in pixels.", min=64)
+    max_bucket_reso: int = opt(1024, "Largest bucket side in pixels.", min=64)
+    bucket_reso_steps: int = opt(64, "Bucket sides are multiples of this.", min=8)
+    bucket_no_upscale: bool = opt(False, "Never upscale an image to fit a bucket.")
+    caption_extension: str = opt(".caption", "Extension of caption files next to images.")
+    shuffle_caption: bool = opt(False, "Shuffle comma-separated caption tags.")
+    keep_tokens: int = opt(0, "Keep the first N caption tags in place when shuffling.", min=0)
+    flip_aug: bool = opt(False, "Randomly mirror images.")
+    color_aug: bool = opt(False, "Randomly shift image hue.")
+    random_crop: bool = opt(False, "Crop at a random place instead of the centre.")
     caption_dropout_rate: float = opt(
         0.0,
         "Chance of training an image with an empty caption.",
         min=0.0,
         max=1.0,
-        planned=DATA_ISSUE,
     )
     caption_dropout_every_n_epochs: int = opt(
-        0, "Train every N-th epoch with empty captions (0 = off).", min=0, planned=DATA_ISSUE
+        0, "Train every N-th epoch with empty captions (0 = off).", min=0
     )
     caption_tag_dropout_rate: float = opt(
-        0.0, "Chance of dropping each caption tag.", min=0.0, max=1.0, planned=DATA_ISSUE
+        0.0, "Chance of dropping each caption tag.", min=0.0, max=1.0
     )
-    caption_separator: str = opt(",", "What separates caption tags.", planned=DATA_ISSUE)
-    keep_tokens_separator: str = opt(
-        "", "Tags before this separator stay in place when shuffling.", planned=DATA_ISSUE
-    )
-    caption_prefix: str = opt("", "Text put before every caption.", planned=DATA_ISSUE)
-    caption_suffix: str = opt("", "Text put after every caption.", planned=DATA_ISSUE)
+    caption_separator: str = opt(",", "What separates caption tags.")
+    keep_tokens_separator: str = opt("", "Tags before this separator stay in place when shuffling.")
+    caption_prefix: str = opt("", "Text put before every caption.")
+    caption_suffix: str = opt("", "Text put after every caption.")
     add_missing_token: bool = opt(
         False,
         "Put the token string in front of captions that lack it, instead of stopping "
         "with a list of those captions.",
-        planned=DATA_ISSUE,
     )
-    train_batch_size: int = opt(1, "Images per step.", min=1, planned=TRAINING_ISSUE)
+    train_batch_size: int = opt(1, "Images per step (a dataset TOML's batch_size wins).", min=1)
     cache_latents: bool = opt(
         False, "Encode every image once before training.", planned=TRAINING_ISSUE
     )
@@ -142,36 +119,31 @@ class DatasetConfig:
         False, "Keep the latent cache in files next to the images.", planned=TRAINING_ISSUE
     )
     vae_batch_size: int = opt(
-        1, "Images encoded at once while caching latents.", min=1, planned=DATA_ISSUE
+        1, "Images encoded at once while caching latents.", min=1, planned=TRAINING_ISSUE
     )
     max_data_loader_n_workers: int = opt(
         0, "Worker processes loading images.", min=0, planned=TRAINING_ISSUE
     )
     use_object_template: bool = opt(
-        False, "Ignore captions; use 'a photo of a {}' style templates.", planned=DATA_ISSUE
+        False, "Ignore captions; use 'a photo of a {}' style templates."
     )
     use_style_template: bool = opt(
-        False, "Ignore captions; use 'a painting in the style of {}' templates.", planned=DATA_ISSUE
+        False, "Ignore captions; use 'a painting in the style of {}' templates."
     )
     debug_dataset: bool = opt(
         False,
         "Print each caption's input ids (new tokens are >= 49408) and stop.",
-        planned=DATA_ISSUE,
     )
 
 
 @dataclass
 class TokenConfig:
-    token_string: str = opt(
-        "", "The made-up word captions use for the concept (e.g. mychar4).", planned=DATA_ISSUE
-    )
-    init_word: str = opt(
-        "", "A word close to the concept; the new vectors start from it.", planned=DATA_ISSUE
-    )
+    token_string: str = opt("", "The made-up word captions use for the concept (e.g. mychar4).")
+    init_word: str = opt("", "A word close to the concept; the new vectors start from it.")
     num_vectors_per_token: int = opt(
-        1, "How many vectors (prompt tokens) the embedding uses.", min=1, max=75, planned=DATA_ISSUE
+        1, "How many vectors (prompt tokens) the embedding uses.", min=1, max=75
     )
-    weights: str = opt("", "Start from an existing embedding file.", planned=DATA_ISSUE)
+    weights: str = opt("", "Start from an existing embedding file.")
 
 
 @dataclass
@@ -191,7 +163,7 @@ class TrainingConfig:
     )
     full_fp16: bool = opt(False, "Keep the trained vectors in fp16 too.", planned=TRAINING_ISSUE)
     full_bf16: bool = opt(False, "Keep the trained vectors in bf16 too.", planned=TRAINING_ISSUE)
-    seed: int = opt(0, "Random seed (0 = pick one and record it).", min=0, planned=TRAINING_ISSUE)
+    seed: int = opt(0, "Random seed: the same seed gives the same batches and vectors.", min=0)
     noise_offset: float = opt(
         0.0, "Offset noise strength (0 = off).", min=0.0, planned=TRAINING_ISSUE
     )

@@ -89,7 +89,8 @@ def _keys_to_load(path: Path, keys: list[str]) -> list[str]:
                 "missing. Use a complete SDXL embedding file."
             )
         return list(SDXL_KEYS)
-    if len(keys) == 1:
+    # One tensor named like a layer ("....weight", "lora_...") is a piece of a model, not a token.
+    if len(keys) == 1 and not any(mark in keys[0] for mark in (".weight", ".bias", "lora")):
         return keys
     raise TiError(f"{path}: {_what_it_is(keys)}, so it is not a textual-inversion embedding.")
 

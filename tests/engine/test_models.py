@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from conftest import ROOT
 from safetensors.torch import load_file, save_file
 
 from ti_core.__main__ import main
@@ -134,7 +135,8 @@ def test_ckpt_loads_only_with_weights_only(tmp_path, demo_cache):
 
 
 def test_cli_reports_a_missing_model_in_one_line(tmp_path, capsys):
-    code = main(["train", "--pretrained_model_name_or_path", str(tmp_path / "x.ckpt"),
+    code = main(["train", "--config", str(ROOT / "presets" / "demo.toml"),
+                 "--pretrained_model_name_or_path", str(tmp_path / "x.ckpt"),
                  "--output_dir", str(tmp_path / "run")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "file not found" in err and "Traceback" not in err
