@@ -84,16 +84,52 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 
 def command_train(args: argparse.Namespace) -> int:
+    from ti_core.preflight import preflight
+
+    config = resolve_config(args)
+    specs, _ = preflight(config)
+    if config.dataset.debug_dataset:
+        return show_debug_dataset(config, specs)
+    return run_training(config, specs)
+
+
+def run_training(config: Config, specs: list) -> int:
+    """Train inside the run folder; a failure is still recorded there (error + done events)."""
+    from ti_core.run_folder import RunFolder
+    from ti_core.train import train
+
+    with RunFolder(config.saving.output_dir) as run:
+        run.clear_stale_flags()
+        run.attach_logging()
+        run.install_stop_signals()
+        try:
+            train(config, specs, run)
+        except TiError as error:
+            run.error(message=str(error), hint="")
+            run.done(reason="failed")
+            raise
+        except KeyboardInterrupt:
+            # A second Ctrl+C / SIGTERM: end at once; saved files are whole (atomic writes).
+            run.done(reason="stopped")
+            return 130
+        except Exception as error:
+            run.error(message=f"{type(error).__name__}: {error}", hint="see train.log")
+            run.done(reason="failed")
+            log.exception("training failed")
+            return 1
+    return 0
+
+
+def show_debug_dataset(config: Config, specs: list) -> int:
+    """--debug_dataset: load the model and tokens, print the first batches, train nothing."""
     import torch
 
     from ti_core.data.buckets import check_bucket_reso_steps
     from ti_core.models import load_model
-    from ti_core.preflight import explicit_num_vectors, preflight
+    from ti_core.preflight import explicit_num_vectors
     from ti_core.tokens import add_placeholders, text_parts
     from ti_core.training_data import debug_dataset, print_debug_dataset
 
-    config = resolve_config(args)
-    specs, _ = preflight(config)
     model, token = config.model, config.token
     loaded = load_model(
         model.pretrained_model_name_or_path, model.v2, model.v_parameterization, model.vae
@@ -110,14 +146,8 @@ def command_train(args: argparse.Namespace) -> int:
         token.weights,
         generator=torch.Generator().manual_seed(config.training.seed),
     )
-    if config.dataset.debug_dataset:
-        lines = debug_dataset(config, specs, placeholders.expand, tokenizers[0])
-        print_debug_dataset(lines, print)
-        return 0
-    raise TiError(
-        "The config, the data, the token and the model are all valid, but this version has no "
-        "training loop yet (it comes with the training run, issue 6). Nothing was trained."
-    )
+    print_debug_dataset(debug_dataset(config, specs, placeholders.expand, tokenizers[0]), print)
+    return 0
 
 
 def command_check_dataset(args: argparse.Namespace) -> int:

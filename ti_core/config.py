@@ -26,9 +26,13 @@ def opt(
     min: float | None = None,
     max: float | None = None,
     planned: str | None = None,
+    text: str | None = None,
 ) -> Any:
     """Declare one option: its default, help text (CLI --help, GUI tooltip) and limits."""
-    metadata = {"help": help, "choices": choices, "min": min, "max": max, "planned": planned}
+    # `text`: a number option that also takes a text form (checked by ti_core.optim).
+    metadata = {
+        "help": help, "choices": choices, "min": min, "max": max, "planned": planned, "text": text
+    }  # fmt: skip
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -54,7 +58,6 @@ class ModelConfig:
         "Use the output of the N-th text encoder layer from the end.",
         min=1,
         max=12,
-        planned=TRAINING_ISSUE,
     )
     max_token_length: int = opt(
         75,
@@ -62,9 +65,7 @@ class ModelConfig:
         choices=(75, 150, 225),
     )
     lowram: bool = opt(False, "Load the model straight to the GPU.", planned=TRAINING_ISSUE)
-    no_half_vae: bool = opt(
-        False, "Keep the VAE in float32 under mixed precision.", planned=TRAINING_ISSUE
-    )
+    no_half_vae: bool = opt(False, "Keep the VAE in float32 under mixed precision.")
 
 
 @dataclass
@@ -112,15 +113,9 @@ class DatasetConfig:
         "with a list of those captions.",
     )
     train_batch_size: int = opt(1, "Images per step (a dataset TOML's batch_size wins).", min=1)
-    cache_latents: bool = opt(
-        False, "Encode every image once before training.", planned=TRAINING_ISSUE
-    )
-    cache_latents_to_disk: bool = opt(
-        False, "Keep the latent cache in files next to the images.", planned=TRAINING_ISSUE
-    )
-    vae_batch_size: int = opt(
-        1, "Images encoded at once while caching latents.", min=1, planned=TRAINING_ISSUE
-    )
+    cache_latents: bool = opt(False, "Encode every image once before training.")
+    cache_latents_to_disk: bool = opt(False, "Keep the latent cache in files next to the images.")
+    vae_batch_size: int = opt(1, "Images encoded at once while caching latents.", min=1)
     max_data_loader_n_workers: int = opt(
         0, "Worker processes loading images.", min=0, planned=TRAINING_ISSUE
     )
@@ -148,36 +143,20 @@ class TokenConfig:
 
 @dataclass
 class TrainingConfig:
-    max_train_steps: int = opt(1600, "Steps to train.", min=1, planned=TRAINING_ISSUE)
-    max_train_epochs: int = opt(
-        0, "Epochs to train (overrides max_train_steps when set).", min=0, planned=TRAINING_ISSUE
-    )
-    gradient_accumulation_steps: int = opt(
-        1, "Batches summed per optimizer step.", min=1, planned=TRAINING_ISSUE
-    )
-    gradient_checkpointing: bool = opt(
-        False, "Recompute activations to save memory.", planned=TRAINING_ISSUE
-    )
-    mixed_precision: str = opt(
-        "no", "Compute precision.", choices=("no", "fp16", "bf16"), planned=TRAINING_ISSUE
-    )
+    max_train_steps: int = opt(1600, "Steps to train.", min=1)
+    max_train_epochs: int = opt(0, "Epochs to train (overrides max_train_steps when set).", min=0)
+    gradient_accumulation_steps: int = opt(1, "Batches summed per optimizer step.", min=1)
+    gradient_checkpointing: bool = opt(False, "Recompute activations to save memory.")
+    mixed_precision: str = opt("no", "Compute precision.", choices=("no", "fp16", "bf16"))
     full_fp16: bool = opt(False, "Keep the trained vectors in fp16 too.", planned=TRAINING_ISSUE)
     full_bf16: bool = opt(False, "Keep the trained vectors in bf16 too.", planned=TRAINING_ISSUE)
     seed: int = opt(0, "Random seed: the same seed gives the same batches and vectors.", min=0)
-    noise_offset: float = opt(
-        0.0, "Offset noise strength (0 = off).", min=0.0, planned=TRAINING_ISSUE
-    )
-    min_snr_gamma: float = opt(
-        0.0, "Min-SNR loss weighting gamma (0 = off).", min=0.0, planned=TRAINING_ISSUE
-    )
-    prior_loss_weight: float = opt(
-        1.0, "Loss weight of regularization images.", min=0.0, planned=TRAINING_ISSUE
-    )
-    max_grad_norm: float = opt(
-        1.0, "Clip gradients to this norm (0 = off).", min=0.0, planned=TRAINING_ISSUE
-    )
-    xformers: bool = opt(False, "Use xformers attention (CUDA only).", planned=TRAINING_ISSUE)
-    mem_eff_attn: bool = opt(False, "Use memory-efficient attention.", planned=TRAINING_ISSUE)
+    noise_offset: float = opt(0.0, "Offset noise strength (0 = off).", min=0.0)
+    min_snr_gamma: float = opt(0.0, "Min-SNR loss weighting gamma (0 = off).", min=0.0)
+    prior_loss_weight: float = opt(1.0, "Loss weight of regularization images.", min=0.0)
+    max_grad_norm: float = opt(1.0, "Clip gradients to this norm (0 = off).", min=0.0)
+    xformers: bool = opt(False, "Use xformers attention (CUDA only).")
+    mem_eff_attn: bool = opt(False, "Use memory-efficient attention.")
 
 
 @dataclass
@@ -186,12 +165,15 @@ class OptimizerConfig:
         "AdamW",
         "Optimizer.",
         choices=("AdamW", "AdamW8bit", "Lion", "SGDNesterov", "Adafactor", "Prodigy"),
-        planned=TRAINING_ISSUE,
     )
-    optimizer_args: list[str] = opt(
-        [], "Extra optimizer arguments as key=value.", planned=TRAINING_ISSUE
+    optimizer_args: list[str] = opt([], "Extra optimizer arguments as key=value.")
+    learning_rate: float = opt(
+        5e-3,
+        "Learning rate; or AUTOMATIC1111's piecewise rates as text, e.g. "
+        '"0.005:100, 1e-3:1000, 1e-5" (0.005 until step 100, then 1e-3 until 1000, then 1e-5).',
+        min=0.0,
+        text="piecewise learning rate",
     )
-    learning_rate: float = opt(5e-3, "Learning rate.", min=0.0, planned=TRAINING_ISSUE)
     lr_scheduler: str = opt(
         "constant",
         "Learning-rate schedule.",
@@ -203,15 +185,10 @@ class OptimizerConfig:
             "cosine_with_restarts",
             "polynomial",
         ),
-        planned=TRAINING_ISSUE,
     )
-    lr_warmup_steps: int = opt(0, "Warm-up steps.", min=0, planned=TRAINING_ISSUE)
-    lr_scheduler_num_cycles: int = opt(
-        1, "Restarts of cosine_with_restarts.", min=1, planned=TRAINING_ISSUE
-    )
-    lr_scheduler_power: float = opt(
-        1.0, "Power of the polynomial schedule.", min=0.0, planned=TRAINING_ISSUE
-    )
+    lr_warmup_steps: int = opt(0, "Warm-up steps.", min=0)
+    lr_scheduler_num_cycles: int = opt(1, "Restarts of cosine_with_restarts.", min=1)
+    lr_scheduler_power: float = opt(1.0, "Power of the polynomial schedule.", min=0.0)
 
 
 @dataclass
@@ -222,46 +199,62 @@ class SavingConfig:
     output_name: str = opt(
         "",
         "Embedding file name (the trigger word); defaults to token_string.",
-        planned=TRAINING_ISSUE,
     )
     save_model_as: str = opt(
         "safetensors",
         "Embedding file format.",
         choices=("safetensors", "pt", "ckpt"),
-        planned=TRAINING_ISSUE,
     )
     save_precision: str = opt(
         "float",
         "Precision of saved vectors.",
         choices=("float", "fp16", "bf16"),
-        planned=TRAINING_ISSUE,
     )
-    save_every_n_steps: int = opt(
-        0, "Save a numbered copy every N steps (0 = off).", min=0, planned=TRAINING_ISSUE
+    save_every_n_steps: int = opt(0, "Save a numbered copy every N steps (0 = off).", min=0)
+    save_every_n_epochs: int = opt(0, "Save a numbered copy every N epochs (0 = off).", min=0)
+    save_last_n_steps: int = opt(
+        0, "Keep only the step copies of the last N steps (0 = keep all).", min=0,
+    )  # fmt: skip
+    save_last_n_epochs: int = opt(
+        0, "Keep only the epoch copies of the last N epochs (0 = keep all).", min=0,
+    )  # fmt: skip
+    embedding_format: str = opt(
+        "kohya",
+        "Layout of the embedding file: kohya (sd-scripts; read by AUTOMATIC1111, ComfyUI and "
+        "sd-scripts), a1111 (AUTOMATIC1111's .pt) or diffusers (learned_embeds).",
+        choices=("kohya", "a1111", "diffusers"),
     )
-    save_every_n_epochs: int = opt(
-        0, "Save a numbered copy every N epochs (0 = off).", min=0, planned=TRAINING_ISSUE
-    )
-    save_state: bool = opt(False, "Also save resumable training state.", planned=TRAINING_ISSUE)
-    resume: str = opt("", "Resume from a saved state folder.", planned=TRAINING_ISSUE)
+    save_state: bool = opt(False, "Also save resumable training state.")
+    resume: str = opt("", "Resume from a saved state folder.")
 
 
 @dataclass
 class SamplingConfig:
-    sample_prompts: str = opt(
-        "", "Prompts file for sample images (.txt, one prompt per line).", planned=TRAINING_ISSUE
-    )
-    sample_every_n_steps: int = opt(
-        0, "Make samples every N steps (0 = off).", min=0, planned=TRAINING_ISSUE
-    )
-    sample_every_n_epochs: int = opt(
-        0, "Make samples every N epochs (0 = off).", min=0, planned=TRAINING_ISSUE
-    )
+    sample_prompts: str = opt("", "Prompts file for sample images (.txt, one prompt per line).")
+    sample_every_n_steps: int = opt(0, "Make samples every N steps (0 = off).", min=0)
+    sample_every_n_epochs: int = opt(0, "Make samples every N epochs (0 = off).", min=0)
+    sample_at_first: bool = opt(False, "Also make samples before the first step.")
     sample_sampler: str = opt(
         "ddim",
         "Sampler for sample images.",
-        choices=("ddim", "euler", "euler_a", "dpmsolver++", "pndm"),
-        planned=TRAINING_ISSUE,
+        choices=(
+            "ddim",
+            "pndm",
+            "lms",
+            "euler",
+            "euler_a",
+            "heun",
+            "dpm_2",
+            "dpm_2_a",
+            "dpmsolver",
+            "dpmsolver++",
+            "dpmsingle",
+            "k_lms",
+            "k_euler",
+            "k_euler_a",
+            "k_dpm_2",
+            "k_dpm_2_a",
+        ),
     )
 
 
@@ -292,6 +285,7 @@ class FieldInfo:
     min: float | None
     max: float | None
     planned: str | None
+    text: str | None = None
 
 
 def _python_type(annotation: str) -> type:

@@ -135,6 +135,8 @@ def _did_you_mean(key: str) -> str:
 
 
 def _check_value(info: FieldInfo, value: Any, where: str) -> Any:
+    if info.text and isinstance(value, str):
+        return _check_text_form(info, value, where)
     value = _check_type(info, value, where)
     if info.choices is not None and value not in info.choices:
         choices = ", ".join(show(c) for c in info.choices)
@@ -143,11 +145,30 @@ def _check_value(info: FieldInfo, value: Any, where: str) -> Any:
         raise ConfigError(f"{where} = {show(value)}: expected at least {info.min}.")
     if info.max is not None and value > info.max:
         raise ConfigError(f"{where} = {show(value)}: expected at most {info.max}.")
+    _refuse_if_planned(info, value, where)
+    return value
+
+
+def _refuse_if_planned(info: FieldInfo, value: Any, where: str) -> None:
     if info.planned and value != info.default:
         raise ConfigError(
             f"{where} = {show(value)}: this option is not available in this version yet "
             f"(it comes with {info.planned}). Remove it or leave it at {show(info.default)}."
         )
+
+
+def _check_text_form(info: FieldInfo, value: str, where: str) -> Any:
+    """A number option given as text: a plain number becomes the number, other text must
+    parse (today only learning_rate's piecewise form, parsed by ti_core.optim)."""
+    from ti_core.optim import parse_learning_rate
+
+    try:
+        parsed = parse_learning_rate(value)
+    except ConfigError as error:
+        raise ConfigError(f"{where} = {show(value)}: {error}") from None
+    if isinstance(parsed, float):
+        return _check_value(info, parsed, where)
+    _refuse_if_planned(info, value, where)
     return value
 
 
@@ -245,6 +266,8 @@ def _from_cli_text(info: FieldInfo, text: Any) -> Any:
         try:
             return float(text)
         except ValueError:
+            if info.text:
+                return text  # checked as the option's text form
             raise ConfigError(f"--{info.name} {text}: expected a number.") from None
     return text
 

@@ -93,6 +93,10 @@ def preflight(config: Config) -> tuple[list[DatasetSpec], DatasetReport]:
     check_output_dir(config.saving.output_dir)
     family = family_hint(config.model.pretrained_model_name_or_path) or "sdxl"
     check_token_settings(config)
+    if config.sampling.sample_prompts:
+        from ti_core.sampling import parse_prompt_file
+
+        parse_prompt_file(config.sampling.sample_prompts)  # a bad line stops now, not mid-run
     specs, report = check_data(config, family)
     require_clean(report)
     return specs, report

@@ -76,9 +76,9 @@ def test_options_not_implemented_yet_are_refused_not_ignored():
     planned = [info for info in FIELDS.values() if info.planned]
     assert planned, "every option is implemented: drop this test"
     with pytest.raises(ConfigError, match="not available in this version yet"):
-        config_from_toml("[training]\nxformers = true")
+        config_from_toml("[training]\nfull_fp16 = true")
     # The default value of a planned option is what the engine does anyway: accepted.
-    assert config_from_toml("[training]\nxformers = false") == Config()
+    assert config_from_toml("[training]\nfull_fp16 = false") == Config()
 
 
 def test_newer_schema_is_refused():
@@ -129,8 +129,12 @@ def test_cli_flags_override_the_file(tmp_path):
 def test_cli_values_are_checked_like_file_values():
     with pytest.raises(ConfigError, match="--clip_skip x: expected a whole number"):
         apply_cli_overrides(Config(), _parse(["--clip_skip", "x"]))
-    with pytest.raises(ConfigError, match="--max_train_steps = 30: this option is not available"):
-        apply_cli_overrides(Config(), _parse(["--max_train_steps", "30"]))
+    with pytest.raises(ConfigError, match="--max_data_loader_n_workers = 2: this option is not"):
+        apply_cli_overrides(Config(), _parse(["--max_data_loader_n_workers", "2"]))
+    with pytest.raises(ConfigError, match="learning_rate.*0.005:x"):
+        apply_cli_overrides(Config(), _parse(["--learning_rate", "0.005:x"]))
+    piecewise = apply_cli_overrides(Config(), _parse(["--learning_rate", "0.005:100, 1e-5"]))
+    assert piecewise.optimizer.learning_rate == "0.005:100, 1e-5"
 
 
 def test_every_option_is_a_cli_flag():

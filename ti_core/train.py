@@ -1,0 +1,199 @@
+"""The training run: set up, then one loop of steps; everything it does is written to the run
+folder (config.toml, events.jsonl, train.log, samples/, embeddings, state/).
+
+Read top to bottom: `train()` is the story; the helpers below it carry the detail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ti_core.config import Config
+from ti_core.config_io import save_config
+from ti_core.data.batches import sdxl_time_ids
+from ti_core.data.buckets import check_bucket_reso_steps
+from ti_core.data.latents import scale_latents
+from ti_core.data.spec import DatasetSpec
+from ti_core.diffusion import image_losses, noisy_latents, prediction_target, training_scheduler
+from ti_core.errors import TiError
+from ti_core.optim import build_optimizer, build_scheduler, current_lr
+from ti_core.run_folder import RunFolder
+from ti_core.text_encoding import encode
+from ti_core.tokens import tokenize_captions
+from ti_core.train_outputs import Outputs
+from ti_core.train_setup import (
+    Precision,
+    TrainableModel,
+    build_batches,
+    choose_device,
+    choose_precision,
+    prepare_model,
+    total_steps,
+)
+
+log = logging.getLogger(__name__)
+
+
+def train(config: Config, specs: list[DatasetSpec], run: RunFolder) -> Path:
+    """Train the embedding; returns the final file. Stops early, saving, on STOP/SIGINT."""
+    from ti_core.models import load_model
+    from ti_core.preflight import explicit_num_vectors
+    from ti_core.tokens import add_placeholders, text_parts
+
+    # --- set up ------------------------------------------------------------------------
+    save_config(config, run.path / "config.toml")
+    run.status("loading")
+    precision = choose_precision(config.training.mixed_precision, choose_device())
+    m = config.model
+    loaded = load_model(m.pretrained_model_name_or_path, m.v2, m.v_parameterization, m.vae)
+    for spec in specs:
+        check_bucket_reso_steps(spec, loaded.family)
+    tokenizers, text_encoders = text_parts(loaded.pipeline)
+    placeholders = add_placeholders(
+        tokenizers, text_encoders, config.token.token_string, config.token.init_word,
+        explicit_num_vectors(config), config.token.weights,
+        generator=torch.Generator().manual_seed(config.training.seed),
+    )  # fmt: skip
+    model = prepare_model(loaded, placeholders, tokenizers, text_encoders, config, precision)
+    run.status("caching" if config.dataset.cache_latents else "preparing data")
+    batches = build_batches(config, specs, model, precision)
+    max_steps, num_epochs = total_steps(config, len(batches))
+    optimizer = build_optimizer(
+        model.parameters, config.optimizer.optimizer_type,
+        config.optimizer.learning_rate, config.optimizer.optimizer_args,
+    )  # fmt: skip
+    lr_schedule = build_scheduler(
+        optimizer, config.optimizer.lr_scheduler, config.optimizer.learning_rate, max_steps,
+        config.optimizer.lr_warmup_steps, config.optimizer.lr_scheduler_num_cycles,
+        config.optimizer.lr_scheduler_power,
+    )  # fmt: skip
+    noise_scheduler = training_scheduler(loaded.pipeline.scheduler, loaded.v_parameterization)
+    scaler = torch.amp.GradScaler("cuda") if precision.scale_loss else None
+    outputs = Outputs(config, run, model, optimizer, lr_schedule, scaler)
+    step, first_epoch, skip_batches = outputs.resume(len(batches))
+    accumulation = config.training.gradient_accumulation_steps
+    log.info(
+        "training %s: %d steps (%d epochs of %d batches), %s, attention %s",
+        placeholders.token_strings, max_steps, num_epochs, len(batches),
+        precision.device, model.attention,
+    )  # fmt: skip
+
+    # --- the loop ----------------------------------------------------------------------
+    run.status("training")
+    started, reason = time.monotonic(), "finished"
+    if config.sampling.sample_at_first and step == 0:
+        outputs.sample(step)
+    for epoch in range(first_epoch, num_epochs + 1):
+        batches.set_epoch(epoch)
+        for batch_index in range(skip_batches, len(batches)):
+            batch = batches[batch_index]
+            noise_seed = hash((config.training.seed, epoch, batch_index)) % 2**63
+            loss = step_loss(config, model, batch, precision, noise_scheduler, noise_seed)
+            if not torch.isfinite(loss):
+                outputs.fail_non_finite(step, float(loss))  # saves the last good vectors
+                raise TiError(f"the loss became {float(loss)} at step {step + 1}; see train.log")
+            backward(loss / accumulation, scaler)
+            if (batch_index + 1) % accumulation and batch_index + 1 < len(batches):
+                continue
+            optimizer_step(optimizer, model.parameters, scaler, config.training.max_grad_norm)
+            lr_schedule.step()
+            step += 1
+            run.step(
+                step=step, epoch=epoch, loss=float(loss.detach()), lr=current_lr(optimizer),
+                **speed(started, step - outputs.resumed_step, max_steps - step),
+                total_steps=max_steps,
+            )  # fmt: skip
+            outputs.after_step(step, epoch, batch_index + 1)
+            if outputs.stop_requested() or step >= max_steps:
+                reason = "stopped" if step < max_steps else "finished"
+                break
+        else:
+            skip_batches = 0
+            outputs.after_epoch(step, epoch)
+            continue
+        break
+    return outputs.finish(step, reason)
+
+
+def step_loss(
+    config: Config,
+    model: TrainableModel,
+    batch: dict[str, Any],
+    precision: Precision,
+    noise_scheduler: Any,
+    noise_seed: int,
+) -> torch.Tensor:
+    """One batch forward: latents, noise, text conditioning with the trainable rows, UNet."""
+    pipeline, device = model.loaded.pipeline, precision.device
+    # A batch's randomness depends only on (seed, epoch, batch): a resumed run draws the same.
+    generator = torch.Generator().manual_seed(noise_seed)
+    if "latents" in batch:
+        latents = batch["latents"].to(device, precision.weight_dtype)
+    else:
+        with torch.no_grad():
+            pixels = batch["pixels"].to(device, pipeline.vae.dtype)
+            raw = pipeline.vae.encode(pixels).latent_dist.sample(generator=generator)
+            latents = scale_latents(raw, pipeline.vae).to(precision.weight_dtype)
+    input_ids = [
+        tokenize_captions(tokenizer, batch["captions"], config.model.max_token_length).input_ids
+        for tokenizer in model.tokenizers
+    ]
+    autocast = (
+        torch.autocast(device.type, dtype=precision.autocast_dtype)
+        if precision.autocast_dtype
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        condition = encode(
+            model.loaded.family, model.text_encoders, input_ids, config.model.clip_skip
+        )
+        noisy, timesteps, noise = noisy_latents(
+            latents, noise_scheduler, generator, config.training.noise_offset
+        )
+        extra = None
+        if condition.pooled is not None:
+            time_ids = sdxl_time_ids(batch).to(device, condition.pooled.dtype)
+            extra = {"text_embeds": condition.pooled, "time_ids": time_ids}
+        prediction = pipeline.unet(
+            noisy, timesteps, condition.context.to(noisy.dtype), added_cond_kwargs=extra
+        ).sample
+    target = prediction_target(noise_scheduler, latents, noise, timesteps)
+    losses = image_losses(
+        prediction, target, timesteps, noise_scheduler, config.training.min_snr_gamma
+    )
+    return (losses * batch["loss_weights"].to(device)).mean()
+
+
+def backward(loss: torch.Tensor, scaler: Any) -> None:
+    (scaler.scale(loss) if scaler else loss).backward()
+
+
+def optimizer_step(
+    optimizer: Any, parameters: list[torch.nn.Parameter], scaler: Any, max_grad_norm: float
+) -> None:
+    if scaler:
+        scaler.unscale_(optimizer)
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def speed(started: float, steps_done: int, steps_left: int) -> dict[str, float]:
+    """it/s over this session's steps and the time left at that pace."""
+    elapsed = max(time.monotonic() - started, 1e-9)
+    rate = steps_done / elapsed
+    return {"it_s": round(rate, 3), "eta_s": round(steps_left / rate, 1) if rate else -1.0}
+
+
+__all__ = ["TiError", "train"]

@@ -1,0 +1,195 @@
+"""What a training run leaves behind, and when: embedding files (final, per step, per epoch,
+pruned), resumable state, sample images, and the answers to the STOP / SAVE_NOW /
+SAMPLE_NOW flags. A stopped or failed run always keeps its last good embedding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ti_core.config import Config
+from ti_core.errors import TiError
+from ti_core.run_folder import RunFolder
+from ti_core.train_setup import TrainableModel
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+
+
+class Outputs:
+    def __init__(
+        self,
+        config: Config,
+        run: RunFolder,
+        model: TrainableModel,
+        optimizer: Any,
+        lr_schedule: Any,
+        scaler: Any,
+    ) -> None:
+        self.config, self.run, self.model = config, run, model
+        self.optimizer, self.lr_schedule, self.scaler = optimizer, lr_schedule, scaler
+        saving = config.saving
+        self.output_name = saving.output_name or config.token.token_string
+        self.position = (0, 1, 0)  # (step, epoch, batches done in that epoch)
+        self.resumed_step = 0
+        self.step_copies: list[list[Path]] = []
+        self.epoch_copies: list[list[Path]] = []
+        self.final_path: Path | None = None  # set by the first save under the final name
+
+    # --- embedding files ----------------------------------------------------------------
+    def vectors(self) -> list[torch.Tensor]:
+        return [tokens.vectors.detach().float().cpu().clone() for tokens in self.model.tokens]
+
+    def save_embedding(self, step: int, suffix: str = "") -> list[Path]:
+        from ti_core.embedding_writers import save_embedding
+
+        saving, loaded = self.config.saving, self.model.loaded
+        paths = save_embedding(
+            self.run.path / f"{self.output_name}{suffix}",
+            self.vectors(),
+            format=saving.embedding_format,
+            save_model_as=saving.save_model_as,
+            token_string=self.config.token.token_string,
+            step=step,
+            family=loaded.family,
+            v_parameterization=loaded.v_parameterization,
+            save_precision=saving.save_precision,
+            base_model_name=loaded.source,
+            metadata={
+                "modelspec.title": self.output_name,
+                "ti_trainer.init_word": self.config.token.init_word,
+            },
+        )
+        for path in paths:
+            self.run.checkpoint(step=step, path=str(path), format=saving.embedding_format)
+        if not suffix:
+            self.final_path = paths[0]
+        return paths
+
+    def _keep_last(self, copies: list[list[Path]], paths: list[Path], keep: int) -> None:
+        copies.append(paths)
+        while keep and len(copies) > keep:
+            for old in copies.pop(0):
+                old.unlink(missing_ok=True)
+
+    # --- after each step / epoch ----------------------------------------------------------
+    def after_step(self, step: int, epoch: int, batches_done: int) -> None:
+        self.position = (step, epoch, batches_done)
+        saving, sampling = self.config.saving, self.config.sampling
+        if saving.save_every_n_steps and step % saving.save_every_n_steps == 0:
+            paths = self.save_embedding(step, f"-step{step:08d}")
+            self._keep_last(self.step_copies, paths, saving.save_last_n_steps)
+            if saving.save_state:
+                self.save_state()
+        if self.run.take_flag("SAVE_NOW"):
+            self.save_embedding(step)
+            if saving.save_state:
+                self.save_state()
+        every = sampling.sample_every_n_steps
+        if (every and step % every == 0) or self.run.take_flag("SAMPLE_NOW"):
+            self.sample(step)
+
+    def after_epoch(self, step: int, epoch: int) -> None:
+        saving, sampling = self.config.saving, self.config.sampling
+        if saving.save_every_n_epochs and epoch % saving.save_every_n_epochs == 0:
+            paths = self.save_embedding(step, f"-{epoch:06d}")
+            self._keep_last(self.epoch_copies, paths, saving.save_last_n_epochs)
+            if saving.save_state:
+                self.save_state()
+        if sampling.sample_every_n_epochs and epoch % sampling.sample_every_n_epochs == 0:
+            self.sample(step)
+
+    def stop_requested(self) -> bool:
+        return self.run.take_flag("STOP") or self.run.stop_requested
+
+    # --- the end of a run -----------------------------------------------------------------
+    def finish(self, step: int, reason: str) -> Path:
+        self.run.status("saving")
+        self.save_embedding(step)
+        if self.config.saving.save_state:
+            self.save_state()
+        self.run.done(reason=reason, path=str(self.final_path))
+        log.info("%s at step %d: %s", reason, step, self.final_path)
+        return self.final_path  # type: ignore[return-value]
+
+    def fail_non_finite(self, step: int, loss: float) -> None:
+        """The vectors still hold the last good step (the bad one was never applied)."""
+        self.save_embedding(step)
+        message = f"the loss became {loss} at step {step + 1}; training stopped"
+        hint = (
+            "lower the learning rate, or use mixed_precision = bf16 / no_half_vae "
+            "(fp16 overflows); the embedding of the last good step is saved"
+        )
+        self.run.error(message=message, hint=hint)
+        self.run.done(reason="failed", path=str(self.final_path))
+        log.error("%s. %s", message, hint)
+
+    # --- resumable state --------------------------------------------------------------------
+    def save_state(self) -> Path:
+        step, epoch, batches_done = self.position
+        state = {
+            "vectors": self.vectors(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "step": step,
+            "epoch": epoch,
+            "batches_done": batches_done,
+            "token_strings": list(self.model.placeholders.token_strings),
+        }
+        folder = self.run.path / "state"
+        folder.mkdir(exist_ok=True)
+        temporary = folder / f".{STATE_FILE}.tmp"
+        torch.save(state, temporary)
+        os.replace(temporary, folder / STATE_FILE)
+        return folder
+
+    def resume(self, batches_per_epoch: int) -> tuple[int, int, int]:
+        """(step, first epoch, batches to skip in it): where a --resume run picks up."""
+        if not self.config.saving.resume:
+            return 0, 1, 0
+        folder = Path(self.config.saving.resume)
+        path = folder / STATE_FILE if folder.is_dir() else folder
+        if path.is_dir() or not path.is_file():
+            path = folder / "state" / STATE_FILE
+        if not path.is_file():
+            raise TiError(f"resume = {folder}: no saved state there ({STATE_FILE} not found).")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["token_strings"] != list(self.model.placeholders.token_strings):
+            raise TiError(
+                f"resume = {folder}: that state trained {state['token_strings']}, this run "
+                f"trains {self.model.placeholders.token_strings}; use the same token settings."
+            )
+        with torch.no_grad():
+            for tokens, vectors in zip(self.model.tokens, state["vectors"], strict=True):
+                tokens.vectors.copy_(vectors)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        step, epoch, batches_done = state["step"], state["epoch"], state["batches_done"]
+        if batches_done >= batches_per_epoch:
+            epoch, batches_done = epoch + 1, 0
+        self.resumed_step, self.position = step, (step, epoch, batches_done)
+        log.info("resuming at step %d (epoch %d, batch %d)", step, epoch, batches_done)
+        return step, epoch, batches_done
+
+    # --- samples ------------------------------------------------------------------------------
+    def sample(self, step: int) -> None:
+        from ti_core.sample_during_training import make_training_samples
+
+        if not self.config.sampling.sample_prompts:
+            return
+        self.run.status("sampling")
+        try:
+            for path, prompt in make_training_samples(self.config, self.model, step):
+                self.run.sample(step=step, path=str(path), prompt=prompt)
+        except Exception as error:  # noqa: BLE001 - a failed sample must not end the run
+            log.warning("sample images at step %d failed: %s", step, error)
+        self.run.status("training")

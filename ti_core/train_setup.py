@@ -1,0 +1,174 @@
+"""Everything a training run needs before its first step, built from the config: the device
+and precision, the frozen model with its trainable token rows, the batches, the optimizer.
+
+train.py reads top to bottom because the detail lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ti_core.config import Config
+from ti_core.data.spec import DatasetSpec
+from ti_core.models import LoadedModel
+from ti_core.text_encoding import TrainableTokens, install_trainable_tokens
+from ti_core.tokens import Placeholders
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Precision:
+    device: torch.device
+    weight_dtype: torch.dtype  # frozen UNet/VAE weights
+    autocast_dtype: torch.dtype | None  # None: full float32
+    scale_loss: bool  # fp16 on CUDA needs a gradient scaler
+
+
+def choose_device() -> torch.device:
+    """CUDA, then Apple's MPS, then the CPU (with a thread count that does not thrash)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    # Every CPU thread spin-waits for the slowest: on a busy or small machine, all cores can be
+    # 100x slower per op than half of them (measured: 6 ms vs 30 us for a small matmul on 2
+    # busy cores). OMP_NUM_THREADS, as set by `accelerate launch --num_cpu_threads_per_process`,
+    # wins.
+    if not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    log.info("training on the CPU with %d thread(s)", torch.get_num_threads())
+    return torch.device("cpu")
+
+
+def choose_precision(mixed_precision: str, device: torch.device) -> Precision:
+    """fp16 needs a GPU; asked for on the CPU it falls back to float32 with one warning."""
+    if mixed_precision == "fp16" and device.type == "cpu":
+        log.warning("mixed_precision = fp16 needs a GPU; training in float32 on the CPU instead.")
+        mixed_precision = "no"
+    if mixed_precision == "no":
+        return Precision(device, torch.float32, None, False)
+    dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
+    return Precision(device, dtype, dtype, dtype == torch.float16 and device.type == "cuda")
+
+
+def set_attention(unet: Any, xformers: bool, mem_eff_attn: bool, device: torch.device) -> str:
+    """PyTorch's SDPA by default; xformers when asked and usable, else a warning and SDPA."""
+    if xformers:
+        if device.type != "cuda":
+            log.warning("xformers needs CUDA; using PyTorch's SDPA attention instead.")
+        else:
+            try:
+                unet.enable_xformers_memory_efficient_attention()
+                return "xformers"
+            except Exception as error:  # noqa: BLE001 - any failure means: not usable here
+                log.warning("xformers is not usable (%s); using PyTorch's SDPA attention.", error)
+    elif mem_eff_attn:
+        log.info("mem_eff_attn: PyTorch's SDPA attention is memory-efficient; using it.")
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet.set_attn_processor(AttnProcessor2_0())
+    return "sdpa"
+
+
+@dataclass
+class TrainableModel:
+    """The frozen model, the trainable rows spliced into its text encoder(s), and the parts of
+    the pipeline a step uses."""
+
+    loaded: LoadedModel
+    placeholders: Placeholders
+    tokens: list[TrainableTokens]
+    tokenizers: list[Any]
+    text_encoders: list[Any]
+    attention: str = "sdpa"
+    parameters: list[torch.nn.Parameter] = field(default_factory=list)
+
+
+def prepare_model(
+    loaded: LoadedModel,
+    placeholders: Placeholders,
+    tokenizers: list[Any],
+    text_encoders: list[Any],
+    config: Config,
+    precision: Precision,
+) -> TrainableModel:
+    """Freeze everything, move it to the device, then splice in the trainable rows."""
+    pipeline, training = loaded.pipeline, config.training
+    for module in (pipeline.unet, pipeline.vae, *text_encoders):
+        module.requires_grad_(False)
+        module.eval()
+    vae_dtype = torch.float32 if config.model.no_half_vae else precision.weight_dtype
+    pipeline.unet.to(precision.device, precision.weight_dtype)
+    pipeline.vae.to(precision.device, vae_dtype)
+    for encoder in text_encoders:
+        encoder.to(precision.device)  # float32: the trained rows pass through it
+    attention = set_attention(
+        pipeline.unet, training.xformers, training.mem_eff_attn, precision.device
+    )
+    if training.gradient_checkpointing:
+        pipeline.unet.enable_gradient_checkpointing()
+        pipeline.unet.train()  # checkpointing only runs in train mode; SD has no dropout
+        for encoder in text_encoders:
+            encoder.gradient_checkpointing_enable()
+            encoder.train()
+    tokens = [
+        install_trainable_tokens(encoder, ids, vectors.to(precision.device))
+        for encoder, ids, vectors in zip(
+            text_encoders, placeholders.placeholder_ids, placeholders.initial_vectors, strict=True
+        )
+    ]
+    return TrainableModel(
+        loaded, placeholders, tokens, tokenizers, text_encoders, attention,
+        [token.vectors for token in tokens],
+    )  # fmt: skip
+
+
+def total_steps(config: Config, batches_per_epoch: int) -> tuple[int, int]:
+    """(optimizer steps, epochs): max_train_epochs wins over max_train_steps, as in sd-scripts."""
+    accumulation = config.training.gradient_accumulation_steps
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / accumulation))
+    if config.training.max_train_epochs:
+        epochs = config.training.max_train_epochs
+        return epochs * steps_per_epoch, epochs
+    steps = config.training.max_train_steps
+    return steps, math.ceil(steps / steps_per_epoch)
+
+
+def build_batches(
+    config: Config, specs: list[DatasetSpec], model: TrainableModel, precision: Precision
+) -> Any:
+    """The run's batches, from the latent cache when cache_latents is on (the VAE then leaves
+    the device: training never needs it again)."""
+    from ti_core.data.batches import EpochBatches, prepare_images
+    from ti_core.data.latents import cache_latents, check_latent_cacheable, release_vae
+    from ti_core.data.sources import discover_images
+    from ti_core.training_data import caption_maker
+
+    datasets = [(spec, prepare_images(discover_images(spec)[0], spec)) for spec in specs]
+    cache = None
+    if config.dataset.cache_latents or config.dataset.cache_latents_to_disk:
+        check_latent_cacheable(subset for spec in specs for subset in spec.subsets)
+        vae = model.loaded.pipeline.vae
+        images = [image for _, dataset_images in datasets for image in dataset_images]
+        cache = cache_latents(
+            vae,
+            images,
+            config.dataset.vae_batch_size,
+            to_disk=config.dataset.cache_latents_to_disk,
+            generator=torch.Generator().manual_seed(config.training.seed),
+        )
+        release_vae(vae)
+    return EpochBatches(
+        datasets,
+        caption_maker(config, model.placeholders.expand),
+        seed=config.training.seed,
+        prior_loss_weight=config.training.prior_loss_weight,
+        latent_cache=cache,
+    )
