@@ -51,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="machine-readable report")
     add_config_arguments(doctor)
 
+    convert = commands.add_parser(
+        "convert", help="convert an embedding file between kohya, a1111 and diffusers layouts"
+    )
+    convert.add_argument(
+        "embedding", help="any embedding file (sd-scripts, AUTOMATIC1111, diffusers)"
+    )
+    convert.add_argument("--to", required=True, choices=("kohya", "a1111", "diffusers"))
+    convert.add_argument("--out", help="output file or folder (default: beside the input)")
+
     inspect = commands.add_parser(
         "inspect-model", help="say what a model is (family, prediction type) and that it loads"
     )
@@ -177,6 +186,14 @@ def command_inspect_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_convert(args: argparse.Namespace) -> int:
+    from ti_core.embedding_writers import convert_embedding
+
+    for path in convert_embedding(args.embedding, args.to, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def command_make_demo(args: argparse.Namespace) -> int:
     from ti_core.demo import make_demo
     from ti_core.models import cache_root
@@ -195,6 +212,7 @@ COMMANDS = {
     "check-dataset": command_check_dataset,
     "inspect-model": command_inspect_model,
     "make-demo": command_make_demo,
+    "convert": command_convert,
 }
 
 

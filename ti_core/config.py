@@ -116,9 +116,7 @@ class DatasetConfig:
     cache_latents: bool = opt(False, "Encode every image once before training.")
     cache_latents_to_disk: bool = opt(False, "Keep the latent cache in files next to the images.")
     vae_batch_size: int = opt(1, "Images encoded at once while caching latents.", min=1)
-    max_data_loader_n_workers: int = opt(
-        0, "Worker processes loading images.", min=0, planned=TRAINING_ISSUE
-    )
+    max_data_loader_n_workers: int = opt(0, "Worker processes loading images.", min=0)
     use_object_template: bool = opt(
         False, "Ignore captions; use 'a photo of a {}' style templates."
     )

@@ -9,14 +9,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ti_core.config import Config
 from ti_core.config_io import save_config
-from ti_core.data.batches import sdxl_time_ids
+from ti_core.data.batches import make_loader, sdxl_time_ids
 from ti_core.data.buckets import check_bucket_reso_steps
 from ti_core.data.latents import scale_latents
 from ti_core.data.spec import DatasetSpec
@@ -78,6 +80,7 @@ def train(config: Config, specs: list[DatasetSpec], run: RunFolder) -> Path:
     outputs = Outputs(config, run, model, optimizer, lr_schedule, scaler)
     step, first_epoch, skip_batches = outputs.resume(len(batches))
     accumulation = config.training.gradient_accumulation_steps
+    loader_workers = config.dataset.max_data_loader_n_workers
     log.info(
         "training %s: %d steps (%d epochs of %d batches), %s, attention %s",
         placeholders.token_strings, max_steps, num_epochs, len(batches),
@@ -87,12 +90,13 @@ def train(config: Config, specs: list[DatasetSpec], run: RunFolder) -> Path:
     # --- the loop ----------------------------------------------------------------------
     run.status("training")
     started, reason = time.monotonic(), "finished"
+    # The console's bar; off when stderr is not a terminal (the GUI reads events.jsonl).
+    progress = tqdm(total=max_steps, initial=step, unit="step", disable=None, dynamic_ncols=True)
     if config.sampling.sample_at_first and step == 0:
         outputs.sample(step)
     for epoch in range(first_epoch, num_epochs + 1):
         batches.set_epoch(epoch)
-        for batch_index in range(skip_batches, len(batches)):
-            batch = batches[batch_index]
+        for batch_index, batch in epoch_batches(batches, skip_batches, loader_workers):
             noise_seed = hash((config.training.seed, epoch, batch_index)) % 2**63
             loss = step_loss(config, model, batch, precision, noise_scheduler, noise_seed)
             if not torch.isfinite(loss):
@@ -109,6 +113,8 @@ def train(config: Config, specs: list[DatasetSpec], run: RunFolder) -> Path:
                 **speed(started, step - outputs.resumed_step, max_steps - step),
                 total_steps=max_steps,
             )  # fmt: skip
+            progress.update(1)
+            progress.set_postfix(loss=f"{float(loss.detach()):.4f}", epoch=epoch, refresh=False)
             outputs.after_step(step, epoch, batch_index + 1)
             if outputs.stop_requested() or step >= max_steps:
                 reason = "stopped" if step < max_steps else "finished"
@@ -118,7 +124,17 @@ def train(config: Config, specs: list[DatasetSpec], run: RunFolder) -> Path:
             outputs.after_epoch(step, epoch)
             continue
         break
+    progress.close()
     return outputs.finish(step, reason)
+
+
+def epoch_batches(batches: Any, first: int, workers: int) -> Iterator[tuple[int, dict]]:
+    """(index, batch) from batch `first` on; with workers, the next batches are read and
+    resized in other processes while this one trains."""
+    indices = range(first, len(batches))
+    if not workers:
+        return ((index, batches[index]) for index in indices)
+    return zip(indices, make_loader(batches, workers, indices=indices), strict=True)
 
 
 def step_loss(

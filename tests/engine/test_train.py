@@ -201,3 +201,16 @@ def test_seed_command_line_runs_under_accelerate_launch(tmp_path, seed_dataset, 
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert (run_dir / "mychar4.safetensors").is_file()
+
+
+def test_convert_command_writes_each_layout_with_the_same_vectors(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main([*demo_args(run_dir), "--max_train_steps", "1"]) == 0
+    trained = read_embedding(run_dir / "demotoy.safetensors").vectors[0]
+    for layout, name in (("a1111", "demotoy.pt"), ("diffusers", "demotoy.safetensors")):
+        out = tmp_path / layout
+        out.mkdir()
+        assert main(["convert", str(run_dir / "demotoy.safetensors"), "--to", layout,
+                     "--out", f"{out}/"]) == 0  # fmt: skip
+        converted = read_embedding(out / name)
+        assert converted.format == layout and torch.equal(converted.vectors[0], trained)

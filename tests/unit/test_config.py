@@ -129,8 +129,8 @@ def test_cli_flags_override_the_file(tmp_path):
 def test_cli_values_are_checked_like_file_values():
     with pytest.raises(ConfigError, match="--clip_skip x: expected a whole number"):
         apply_cli_overrides(Config(), _parse(["--clip_skip", "x"]))
-    with pytest.raises(ConfigError, match="--max_data_loader_n_workers = 2: this option is not"):
-        apply_cli_overrides(Config(), _parse(["--max_data_loader_n_workers", "2"]))
+    with pytest.raises(ConfigError, match="--lowram = true: this option is not available"):
+        apply_cli_overrides(Config(), _parse(["--lowram"]))
     with pytest.raises(ConfigError, match="learning_rate.*0.005:x"):
         apply_cli_overrides(Config(), _parse(["--learning_rate", "0.005:x"]))
     piecewise = apply_cli_overrides(Config(), _parse(["--learning_rate", "0.005:100, 1e-5"]))

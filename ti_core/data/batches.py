@@ -302,17 +302,21 @@ def sdxl_time_ids(batch: dict[str, Any]) -> torch.Tensor:
 
 
 def make_loader(
-    batches: EpochBatches, num_workers: int = 0, pin_memory: bool = False
+    batches: EpochBatches,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    indices: Sequence[int] | None = None,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over whole batches (max_data_loader_n_workers = num_workers).
 
     With workers, each epoch's iterator copies `batches` into the worker processes, so call
     batches.set_epoch(n) before iterating the loader for epoch n; make_caption must then be
     picklable (a module-level function or functools.partial) where processes are spawned
-    (Windows, macOS).
+    (Windows, macOS). `indices` limits the epoch to those batches (a resumed epoch).
     """
+    source = batches if indices is None else torch.utils.data.Subset(batches, list(indices))
     return torch.utils.data.DataLoader(
-        batches,
+        source,
         batch_size=None,  # the dataset already returns whole batches
         shuffle=False,  # and in its own seeded order
         collate_fn=_as_made,
