@@ -214,3 +214,31 @@ def test_convert_command_writes_each_layout_with_the_same_vectors(tmp_path, caps
                      "--out", f"{out}/"]) == 0  # fmt: skip
         converted = read_embedding(out / name)
         assert converted.format == layout and torch.equal(converted.vectors[0], trained)
+
+
+@pytest.mark.parametrize(
+    ("flags", "file_name", "layout"),
+    [
+        (["--optimizer_type", "Lion", "--learning_rate", "1e-4", "--embedding_format", "a1111"],
+         "demotoy.pt", "a1111"),
+        (["--optimizer_type", "SGDNesterov", "--lr_scheduler", "cosine", "--lr_warmup_steps",
+          "1", "--embedding_format", "diffusers"], "demotoy.safetensors", "diffusers"),
+        (["--optimizer_type", "Adafactor", "--mixed_precision", "bf16"],
+         "demotoy.safetensors", "kohya"),
+        (["--optimizer_type", "Prodigy", "--learning_rate", "1.0", "--save_model_as", "pt",
+          "--lr_scheduler", "linear"], "demotoy.pt", "kohya"),
+        (["--optimizer_type", "AdamW", "--gradient_accumulation_steps", "2",
+          "--train_batch_size", "2", "--noise_offset", "0.1", "--min_snr_gamma", "5",
+          "--save_precision", "fp16", "--clip_skip", "2", "--max_token_length", "150"],
+         "demotoy.safetensors", "kohya"),
+    ],
+)  # fmt: skip
+def test_optimizers_schedules_precisions_and_formats_train_on_the_demo(
+    tmp_path, flags, file_name, layout
+):
+    run_dir = tmp_path / "run"
+    assert main([*demo_args(run_dir), "--max_train_steps", "3", *flags]) == 0
+    embedding = read_embedding(run_dir / file_name)
+    assert embedding.format == layout and embedding.vectors[0].shape == (1, 32)
+    steps = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3]
