@@ -7,7 +7,6 @@ else (a LoRA, a whole model, not a tensor file at all) is a TiError naming the f
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ti_core.errors import TiError
+from ti_core.safe_pickle import first_line, load_weights_only
 
 FORMATS = ("kohya", "kohya-sdxl", "a1111", "diffusers", "diffusers-1d")
 SUFFIXES = (".safetensors", ".pt", ".bin", ".ckpt")
@@ -177,7 +177,7 @@ def _safetensors_header(path: Path) -> tuple[list[str], dict[str, str]]:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             return list(handle.keys()), dict(handle.metadata() or {})
     except Exception as error:  # noqa: BLE001 - any failure means an unreadable file
-        raise TiError(f"{path}: not a readable .safetensors file ({_first_line(error)}).") from None
+        raise TiError(f"{path}: not a readable .safetensors file ({first_line(error)}).") from None
 
 
 def _load_safetensors(path: Path, keys: list[str]) -> dict[str, Tensor]:
@@ -189,25 +189,7 @@ def _load_safetensors(path: Path, keys: list[str]) -> dict[str, Tensor]:
 
 def _load_pickle(path: Path) -> dict[str, Any]:
     """torch.load with weights_only=True: tensors and plain data (and a ParameterDict) only."""
-    try:
-        with torch.serialization.safe_globals([torch.nn.ParameterDict]):
-            try:
-                data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as error:
-                if "mmap" not in str(error):
-                    raise
-                data = torch.load(path, map_location="cpu", weights_only=True)  # pre-zip format
-    except pickle.UnpicklingError as error:
-        if "Unsupported global" in str(error) or "GLOBAL" in str(error):
-            raise TiError(
-                f"{path}: this pickle holds more than tensors, and loading it could run code, "
-                "so it is refused. Use a .safetensors embedding instead."
-            ) from None
-        raise TiError(f"{path}: not a readable embedding file (not a torch file).") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as error:
-        raise TiError(
-            f"{path}: not a readable embedding file (truncated or corrupt: {_first_line(error)})."
-        ) from None
+    data = load_weights_only(path, "embedding file", TiError, (torch.nn.ParameterDict,))
     if not isinstance(data, dict):
         raise TiError(
             f"{path}: holds a {type(data).__name__}, not tensors by name; not an embedding."
@@ -216,8 +198,3 @@ def _load_pickle(path: Path) -> dict[str, Any]:
         keys = list(data["state_dict"])
         raise TiError(f"{path}: {_what_it_is(keys)}, so it is not a textual-inversion embedding.")
     return data
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__

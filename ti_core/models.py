@@ -26,6 +26,7 @@ from ti_core.checkpoint_info import (
     read_safetensors_header,
 )
 from ti_core.errors import ModelError
+from ti_core.safe_pickle import first_line, load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ def _load_hub(name: str, dtype: Any) -> Any:
     raise ModelError(
         f"{name}: not a local file or folder, and not a hub model in the cache"
         + (" (offline: HF_HUB_OFFLINE is set)" if offline else " or reachable online")
-        + f". Check the path. ({_first_line(error)})"
+        + f". Check the path. ({first_line(error)})"
     )
 
 
@@ -306,32 +307,9 @@ def load_vae(name: str, family: str, dtype: Any = None) -> Any:
 
 def _load_pickle_state_dict(path: Path) -> dict[str, Any]:
     """Read a .ckpt/.pt with weights_only=True: tensors and plain data only, no code."""
-    import pickle
-
-    import torch
-
     if not path.is_file():
         raise ModelError(f"{path}: file not found. Check the path.")
-    try:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            data = torch.load(path, map_location="cpu", weights_only=True)  # pre-zip format
-    except pickle.UnpicklingError as error:
-        # "Unsupported global": a class or function the file wants to run; anything else
-        # (an image, a text file, a torn download) is simply not a checkpoint.
-        if "Unsupported global" in str(error) or "GLOBAL" in str(error):
-            raise ModelError(
-                f"{path}: this pickle holds more than tensors, and loading it could run code, "
-                "so it is refused. Convert it to .safetensors with a tool you trust and use that."
-            ) from None
-        raise ModelError(f"{path}: not a readable checkpoint (corrupt or not a model).") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise ModelError(
-            f"{path}: not a readable checkpoint (truncated or corrupt: {_first_line(error)})."
-        ) from None
+    data = load_weights_only(path, "checkpoint", ModelError)
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise ModelError(f"{path}: holds no tensors by name; not a model checkpoint.")
@@ -347,11 +325,6 @@ def _as_model_error(path: Path) -> Iterator[None]:
         raise
     except Exception as error:
         raise ModelError(
-            f"{path}: cannot load it ({_first_line(error)}). The file may be truncated, "
+            f"{path}: cannot load it ({first_line(error)}). The file may be truncated, "
             "or not the kind of model it looks like."
         ) from error
-
-
-def _first_line(error: BaseException | None) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:300]}" if text else type(error).__name__

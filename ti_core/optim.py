@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ti_core.config import FIELDS
 from ti_core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -26,15 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OPTIMIZER_TYPES = ("AdamW", "AdamW8bit", "Lion", "SGDNesterov", "Adafactor", "Prodigy")
-LR_SCHEDULERS = (
-    "constant",
-    "constant_with_warmup",
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-)
+# The names the config accepts are the names built here: one list, in ti_core/config.py.
+OPTIMIZER_TYPES: tuple[str, ...] = FIELDS["optimizer_type"].choices or ()
+LR_SCHEDULERS: tuple[str, ...] = FIELDS["lr_scheduler"].choices or ()
 PIECEWISE_EXAMPLE = '"0.005:100, 1e-3:1000, 1e-5"'
 # Where each optimizer comes from, for the "how to install it" message.
 _INSTALL = {
