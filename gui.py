@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # Gradio otherwise phones home at start; this tool works offline.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from ti_gui.app import build_app
+    from ti_gui.app import CSS, build_app
 
     app = build_app()
     port = find_free_port(args.host, args.port)
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         share=args.share,
         ssr_mode=False,
         quiet=True,
+        css=CSS,
     )
 
 

@@ -185,6 +185,7 @@ class Outputs:
         from ti_core.sample_during_training import make_training_samples
 
         if not self.config.sampling.sample_prompts:
+            log.warning("no sample images at step %d: set sample_prompts (a prompts file)", step)
             return
         self.run.status("sampling")
         try:

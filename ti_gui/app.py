@@ -1,21 +1,65 @@
-"""Builds the Gradio page from the tab modules (each has build() and wire())."""
+"""Builds the Gradio page: tabs that edit ONE config (bound to its options by name, see
+fields.py), the Config tab's TOML and command line, and the Run tab (supervisor.py)."""
 
 from __future__ import annotations
 
+import atexit
+
 import gradio as gr
 
-from ti_gui.tabs import config_tab
+from ti_gui.fields import INVALID_CLASS, Form
+from ti_gui.supervisor import SUPERVISOR
+from ti_gui.tabs import (
+    config_tab,
+    dataset_tab,
+    model_tab,
+    run,
+    sampling_tab,
+    token_tab,
+    training_tab,
+)
 
 TITLE = "Textual Inversion trainer"
+CSS = f"""
+.{INVALID_CLASS} {{ outline: 2px solid #d33; border-radius: 6px; }}
+.ti-tokens {{ display: flex; flex-wrap: wrap; gap: 4px; }}
+.ti-piece, .ti-new {{ padding: 2px 6px; border-radius: 4px; background: #8882; }}
+.ti-new {{ background: #f9a825; color: #000; font-weight: bold; }}
+.ti-problem {{ color: #d33; }}
+progress {{ width: 100%; }}
+"""
 
 
 def build_app() -> gr.Blocks:
+    form = Form(config_tab.initial_config())
     with gr.Blocks(title=TITLE) as app:
         gr.Markdown(
             f"# {TITLE}\n"
             "Train Textual Inversion embeddings for Stable Diffusion 1.x, 2.x and SDXL. "
-            "This version edits and checks run configs; training from the GUI comes next."
+            "Fill the tabs (or load a preset in **Config**), then press **Train** in **Run**."
         )
+        form_status = gr.Markdown("**Valid.**", elem_id="form-status")
         with gr.Tab("Config"):
-            config_tab.wire(config_tab.build())
+            config = config_tab.build(form)
+        with gr.Tab("Model"):
+            model = model_tab.build(form)
+        with gr.Tab("Dataset"):
+            dataset = dataset_tab.build(form)
+        with gr.Tab("Token"):
+            token = token_tab.build(form)
+        with gr.Tab("Training"):
+            training_tab.build(form)
+        with gr.Tab("Sampling & saving"):
+            sampling = sampling_tab.build(form)
+        with gr.Tab("Run", elem_id="run-tab"):
+            run_tab = run.build(form)
+        config_tab.wire(config, form, form_status)
+        model_tab.wire(model, form)
+        dataset_tab.wire(dataset, form)
+        token_tab.wire(token, form)
+        training_tab.wire(form)
+        sampling_tab.wire(sampling, form)
+        run.wire(run_tab, form, sampling.prompts, form_status, app)
+    app.ti_form = form  # tests look the widgets up by option name
+    atexit.register(SUPERVISOR.shutdown)
     return app

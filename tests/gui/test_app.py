@@ -2,48 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 import urllib.request
 
-import pytest
-from conftest import ROOT
 from gradio_client import Client
-
-
-@pytest.fixture(scope="module")
-def gui_url():
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    process = subprocess.Popen(
-        [sys.executable, "gui.py", "--no-browser", "--port", "7960"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        url = None
-        while url is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line and process.poll() is not None:
-                pytest.fail(f"gui.py exited with {process.returncode}")
-            if "http://127.0.0.1:" in line:
-                url = line.split()[-1]
-        assert url, "gui.py printed no URL within 60 s"
-        for _ in range(100):  # the URL is printed just before the server accepts connections
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def test_page_is_served_on_localhost(gui_url):

@@ -1,15 +1,19 @@
-"""Config tab: load a preset or any TOML, check it the way the engine will, see the command line."""
+"""Config tab: load a preset or any TOML into the form, see the form as TOML and as the
+equivalent command line, and check a TOML the way the engine will."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
-from ti_core.checkpoint_info import classify_keys, folder_info, read_safetensors_header
-from ti_core.config_io import config_from_toml, config_to_command
+from ti_core.config import Config
+from ti_core.config_io import config_from_toml, config_to_command, config_to_toml, load_config
 from ti_core.errors import TiError
+from ti_gui.fields import Form
+from ti_gui.tabs.model_tab import describe_model
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
 DEFAULT_PRESET = "demo"
@@ -20,9 +24,11 @@ class ConfigTab:
     preset: gr.Dropdown
     load: gr.Button
     toml: gr.Code
+    apply: gr.Button
     check: gr.Button
     status: gr.Markdown
     command: gr.Textbox
+    invalid: gr.State  # names of the options the form refuses now (their widgets are marked)
 
 
 def preset_names() -> list[str]:
@@ -36,6 +42,14 @@ def read_preset(name: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
+def initial_config() -> Config:
+    """The form starts with the default preset, as the TOML editor does."""
+    try:
+        return load_config(PRESETS_DIR / f"{DEFAULT_PRESET}.toml")
+    except TiError:
+        return Config()
+
+
 def check_config(text: str) -> tuple[str, str]:
     """(status message, command line) for the TOML in the editor, as the engine would judge it."""
     try:
@@ -46,27 +60,7 @@ def check_config(text: str) -> tuple[str, str]:
     return f"**Valid.** Model: {describe_model(model)}", config_to_command(config)
 
 
-def describe_model(name: str) -> str:
-    """What the model path is, without loading it (the GUI process never loads torch)."""
-    if not name:
-        return "none set (pretrained_model_name_or_path is empty)"
-    if name.startswith("demo:"):
-        return f"the built-in tiny demo model ({name[5:]}), built on first use"
-    path = Path(name)
-    try:
-        if path.is_dir():
-            return f"{folder_info(path).describe()} (diffusers folder)"
-        if path.suffix == ".safetensors":
-            keys, metadata = read_safetensors_header(path)
-            return f"{classify_keys(path, keys, metadata).describe()} (single file)"
-    except TiError as error:
-        return f"problem: {error}"
-    if path.is_file():
-        return "a pickled checkpoint; its family is detected when the run loads it"
-    return f"{name} (not a local file or folder: taken as a hub id)"
-
-
-def build() -> ConfigTab:
+def build(form: Form) -> ConfigTab:
     with gr.Row():
         preset = gr.Dropdown(
             preset_names(),
@@ -75,13 +69,70 @@ def build() -> ConfigTab:
             info=f"from {PRESETS_DIR}",
         )
         load = gr.Button("Load preset")
-    toml = gr.Code(read_preset(DEFAULT_PRESET), language=None, label="Config (TOML)", lines=18)
-    check = gr.Button("Check config", variant="primary")
+    toml = gr.Code(
+        read_preset(DEFAULT_PRESET), language=None, label="Config (TOML)", lines=18, elem_id="toml"
+    )
+    with gr.Row():
+        apply = gr.Button("Apply TOML to the form")
+        check = gr.Button("Check config", variant="primary")
     status = gr.Markdown()
-    command = gr.Textbox(label="Equivalent command line", buttons=["copy"], interactive=False)
-    return ConfigTab(preset, load, toml, check, status, command)
+    command = gr.Textbox(
+        config_to_command(form.initial),
+        label="Equivalent command line",
+        buttons=["copy"],
+        interactive=False,
+    )
+    return ConfigTab(preset, load, toml, apply, check, status, command, gr.State([]))
 
 
-def wire(tab: ConfigTab) -> None:
-    tab.load.click(read_preset, inputs=tab.preset, outputs=tab.toml)
+def wire(tab: ConfigTab, form: Form, form_status: gr.Markdown) -> None:
+    everything = [tab.status, tab.command, form_status, tab.invalid, *form.outputs()]
+
+    def apply_toml(text: str) -> dict[Any, Any]:
+        """Fill every widget from the TOML; a refused TOML changes nothing but the message."""
+        try:
+            config = config_from_toml(text, source="the config")
+        except TiError as error:
+            message = f"**Not valid:** {error}"
+            return {tab.status: message, form_status: message}
+        model = describe_model(config.model.pretrained_model_name_or_path)
+        return {
+            **form.values(config),
+            **form.marks({}),
+            tab.invalid: [],
+            tab.status: f"**Loaded into the form.** Model: {model}",
+            tab.command: config_to_command(config),
+            form_status: "**Valid.**",
+        }
+
+    def form_changed(data: dict[Any, Any]) -> dict[Any, Any]:
+        """A widget changed: the TOML and command line follow; refused values are marked."""
+        result = form.collect(data)
+        before = set(data[tab.invalid])
+        now = set(result.errors)
+        changed = {name: widget for name, widget in form.widgets.items() if name in before ^ now}
+        out: dict[Any, Any] = {
+            widget: gr.update(elem_classes=["ti-invalid"] if name in now else [])
+            for name, widget in changed.items()
+        }
+        out[tab.invalid] = sorted(now)
+        out[form_status] = result.message()
+        if result.config is not None:
+            out[tab.toml] = config_to_toml(result.config)
+            out[tab.command] = config_to_command(result.config)
+        return out
+
+    tab.load.click(read_preset, inputs=tab.preset, outputs=tab.toml, api_name="read_preset").then(
+        apply_toml, inputs=tab.toml, outputs=everything, api_visibility="private"
+    )
+    tab.apply.click(apply_toml, inputs=tab.toml, outputs=everything, api_visibility="private")
     tab.check.click(check_config, inputs=tab.toml, outputs=[tab.status, tab.command])
+    gr.on(
+        [widget.input for widget in form.widgets.values()],
+        form_changed,
+        inputs=form.inputs() | {tab.invalid},
+        outputs=[tab.toml, *everything],
+        api_visibility="private",
+        show_progress="hidden",
+        trigger_mode="always_last",
+    )

@@ -1,0 +1,75 @@
+"""A real `python gui.py` for the GUI tests, started as a user starts it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_gui(port: int) -> tuple[subprocess.Popen, str]:
+    """Start gui.py on `port` (or the next free one); returns the process and its URL."""
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    process = subprocess.Popen(
+        [sys.executable, "gui.py", "--no-browser", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    url = None
+    while url is None and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            pytest.fail(f"gui.py exited with {process.returncode}")
+        if "http://127.0.0.1:" in line:
+            url = line.split()[-1]
+    assert url, "gui.py printed no URL within 60 s"
+    for _ in range(100):  # the URL is printed just before the server accepts connections
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            time.sleep(0.2)
+    # Keep reading its output, or a full pipe would block the GUI.
+    threading.Thread(target=process.stdout.read, daemon=True).start()
+    return process, url
+
+
+def stop_gui(process: subprocess.Popen) -> None:
+    process.terminate()  # the GUI ends its training child too (atexit)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def gui_url() -> Iterator[str]:
+    process, url = start_gui(7960)
+    try:
+        yield url
+    finally:
+        stop_gui(process)
+
+
+@pytest.fixture(scope="session")
+def training_gui(demo_cache) -> Iterator[str]:
+    """One GUI for the tests that train (one run at a time, as in real use); the demo model is
+    built into the session's temporary cache (TI_TRAINER_CACHE, set by demo_cache)."""
+    process, url = start_gui(7970)
+    try:
+        yield url
+    finally:
+        stop_gui(process)

@@ -1,0 +1,79 @@
+"""Training from the GUI, through its API: the config goes in, a child process trains the demo
+model, the run folder's events come back, Stop ends the run cleanly, a failed start says why."""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+from gradio_client import Client
+
+from ti_core.config_io import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def demo_config(client: Client, output_dir: Path, **changes: dict) -> str:
+    """The demo preset as the GUI serves it, with the run folder (and more) changed."""
+    data = tomllib.loads(client.predict("demo", api_name="/read_preset"))
+    data["saving"]["output_dir"] = str(output_dir)
+    for section, values in changes.items():
+        data.setdefault(section, {}).update(values)
+    return tomli_w.dumps(data)
+
+
+def wait_for(client: Client, folder: str, done, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snapshot = client.predict(folder, api_name="/run_snapshot")
+        if done(snapshot):
+            return snapshot
+        time.sleep(0.5)
+    pytest.fail(f"timed out; last snapshot: {snapshot}")
+
+
+def test_train_the_demo_then_stop_it(training_gui, tmp_path):
+    client = Client(training_gui, verbose=False)
+    config = demo_config(
+        client,
+        tmp_path / "run",
+        training={"max_train_steps": 300},
+        saving={"save_every_n_steps": 10},
+        sampling={"sample_every_n_steps": 0},
+    )
+    status, command = client.predict(config, api_name="/check_config")
+    assert status.startswith("**Valid.**") and "--max_train_steps 300" in command
+
+    folder = client.predict(config, "", api_name="/start_run")
+    assert Path(folder) == tmp_path / "run"
+    saved = load_config(tmp_path / "run" / "config.toml")  # what the run trains with
+    assert saved.training.max_train_steps == 300 and saved.saving.output_dir == folder
+    with pytest.raises(Exception, match="already training"):
+        client.predict(config, "", api_name="/start_run")  # one run at a time
+
+    running = wait_for(client, folder, lambda s: s["step"] >= 12 and s["checkpoints"])
+    assert running["live"] and running["total_steps"] == 300 and running["losses"] >= 12
+    assert Path(running["checkpoints"][0]).is_file()
+
+    assert "Stopping" in client.predict(api_name="/stop_run")
+    ended = wait_for(client, folder, lambda s: s["done_reason"] is not None)
+    assert ended["done_reason"] == "stopped" and ended["step"] < 300
+    assert Path(ended["final_embedding"]).is_file()
+    after_exit = wait_for(client, folder, lambda s: not s["live"], timeout=30)
+    assert after_exit["exit_code"] == 0 and after_exit["headline"] == "Stopped"
+
+
+def test_a_run_that_cannot_start_says_why(training_gui, tmp_path):
+    client = Client(training_gui, verbose=False)
+    config = demo_config(
+        client, tmp_path / "bad", dataset={"train_data_dir": str(tmp_path / "none")}
+    )
+    folder = client.predict(config, "", api_name="/start_run")
+    ended = wait_for(client, folder, lambda s: s["exit_code"] is not None)
+    assert ended["exit_code"] == 2 and ended["done_reason"] is None
+    assert "without finishing" in ended["headline"]
+    assert str(tmp_path / "none") in ended["messages"]  # the engine's own message, not a traceback
+    assert "Traceback" not in ended["messages"]

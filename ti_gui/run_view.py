@@ -1,0 +1,148 @@
+"""What the Run tab shows for a run folder, drawn from its RunState: progress, loss chart,
+samples, checkpoints, messages, and why a run that died ended."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from ti_gui.supervisor import CONSOLE_LOG, RunState, tail
+
+MAX_CHART_POINTS = 1500
+SMOOTHING = 0.9  # exponential moving average of the loss, as TensorBoard's slider
+MAX_SAMPLES_SHOWN = 24
+
+
+def clock(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return "?"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def progress_markdown(state: RunState, live: bool, exit_code: int | None) -> str:
+    step = state.last_step
+    lines = [f"Run folder: `{state.folder}`"]
+    if step:
+        done, total = int(step.get("step", 0)), int(step.get("total_steps", 0) or 0)
+        percent = f" ({100 * done / total:.0f}%)" if total else ""
+        lines.insert(
+            0,
+            f"**step {done} / {total}**{percent} · {step.get('it_s', 0):.2f} it/s · "
+            f"ETA {clock(step.get('eta_s')) if live else '-'} · "
+            f"loss {step.get('loss') if step.get('loss') is not None else 'nan'} · "
+            f"lr {step.get('lr', 0):.3g} · epoch {step.get('epoch', '?')}",
+        )
+        lines.insert(1, f'<progress value="{done}" max="{max(total, 1)}"></progress>')
+    lines.insert(0, f"### {headline(state, live, exit_code)}")
+    if state.done and state.done.get("path"):
+        lines.append(f"Final embedding: `{state.done['path']}`")
+    return "\n\n".join(lines)
+
+
+def headline(state: RunState, live: bool, exit_code: int | None) -> str:
+    if state.done:
+        reason = state.done.get("reason", "")
+        return {"finished": "Finished", "stopped": "Stopped", "failed": "Failed"}.get(
+            reason, str(reason)
+        )
+    if live:
+        phase = state.phase or "starting (loading the engine)"
+        return f"Running: {phase}"
+    if exit_code is not None:
+        return f"The training process ended (exit code {exit_code}) without finishing"
+    if state.events:
+        return "Not running (the run ended without a done event, or another GUI runs it)"
+    return "No run yet"
+
+
+def why_it_died(state: RunState, exit_code: int | None) -> str:
+    """The last error event, else the end of the child's console output."""
+    if state.errors:
+        message, hint = state.errors[-1]
+        return f"**Error:** {message}" + (f"\n\n**What to do:** {hint}" if hint else "")
+    console = tail(state.folder / CONSOLE_LOG, 12)
+    errors = [line for line in console.splitlines() if line.startswith("error: ")]
+    if errors:
+        return f"**Error:** {errors[-1].removeprefix('error: ')}"
+    if exit_code:
+        output = f"\n```\n{console}\n```" if console else ""
+        return f"**The process ended with exit code {exit_code}.** Its last output:{output}"
+    return ""
+
+
+def messages_markdown(state: RunState, exit_code: int | None) -> str:
+    lines = []
+    if (state.done and state.done.get("reason") == "failed") or (
+        exit_code not in (None, 0) and not state.done
+    ):
+        lines.append(why_it_died(state, exit_code))
+    elif state.errors:
+        lines += [f"**Error:** {message}" for message, _ in state.errors[-3:]]
+    lines += [f"- warning: {message}" for message in state.warnings[-10:]]
+    return "\n\n".join(line for line in lines if line)
+
+
+def loss_frame(state: RunState) -> pd.DataFrame:
+    """step, loss, curve (raw | smoothed): the rows of the loss chart, thinned to its width."""
+    rows: list[tuple[int, float, str]] = []
+    smoothed, weight = 0.0, 0.0
+    stride = max(1, len(state.losses) // MAX_CHART_POINTS)
+    for index, (step, loss) in enumerate(state.losses):
+        smoothed = SMOOTHING * smoothed + (1 - SMOOTHING) * loss
+        weight = SMOOTHING * weight + (1 - SMOOTHING)
+        if index % stride == 0 or index == len(state.losses) - 1:
+            rows.append((step, loss, "raw"))
+            rows.append((step, smoothed / weight, "smoothed"))
+    return pd.DataFrame(rows, columns=["step", "loss", "curve"])
+
+
+def gallery_items(state: RunState) -> list[tuple[Image.Image, str]]:
+    """The latest samples, newest first. Opened here rather than passed as paths: a run folder
+    may lie outside the folders Gradio serves files from."""
+    items = []
+    for path, prompt, step in reversed(state.samples[-MAX_SAMPLES_SHOWN:]):
+        try:
+            with Image.open(path) as image:
+                items.append((image.copy(), f"step {step}: {prompt}"))
+        except OSError:
+            continue
+    return items
+
+
+def checkpoints_markdown(state: RunState) -> str:
+    if not state.checkpoints:
+        return "No embedding saved yet."
+    lines = [f"- step {step}: `{path}`" for step, path in state.checkpoints[-20:]]
+    return "**Saved embeddings**\n\n" + "\n".join(lines)
+
+
+def log_text(folder: Path, lines: int = 40) -> str:
+    return tail(folder / "train.log", lines) or tail(folder / CONSOLE_LOG, lines)
+
+
+def snapshot(state: RunState, live: bool, exit_code: int | None) -> dict[str, Any]:
+    """The run as plain data (the run_snapshot API, used by tests and scripts)."""
+    return {
+        "folder": str(state.folder),
+        "live": live,
+        "exit_code": exit_code,
+        "phase": state.phase,
+        "events": state.events,
+        "step": state.last_step.get("step", 0),
+        "total_steps": state.last_step.get("total_steps", 0),
+        "losses": len(state.losses),
+        "checkpoints": [path for _, path in state.checkpoints],
+        "samples": [path for path, _, _ in state.samples],
+        "warnings": state.warnings,
+        "errors": [message for message, _ in state.errors],
+        # Not the done event itself: gradio_client would take a dict with "path" for a file.
+        "done_reason": (state.done or {}).get("reason"),
+        "final_embedding": (state.done or {}).get("path"),
+        "headline": headline(state, live, exit_code),
+        "messages": messages_markdown(state, exit_code),
+    }

@@ -1,0 +1,269 @@
+"""Starts one training run as a child process and follows its run folder.
+
+State lives here, in the GUI process, not in a browser session: a reloaded page reattaches to
+the running run. The run is only ever asked to act through the run folder's flag files
+(ARCHITECTURE.md, "Control flags"); a second Stop after STOP_GRACE_S ends its process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ti_core.config import Config
+from ti_core.config_io import config_to_toml, write_text_atomic
+from ti_core.errors import TiError
+from ti_core.run_folder import FLAGS, read_new_events
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONSOLE_LOG = "console.log"  # the child's stdout/stderr: errors before train.log exists
+PROMPTS_FILE = "sample_prompts.txt"
+STOP_GRACE_S = 10.0
+KILL_AFTER_S = 5.0
+
+
+class RunError(TiError):
+    """A run cannot be started or asked to act (one is running already, no run, ...)."""
+
+
+@dataclass
+class RunState:
+    """What the Run view draws for one run folder, built from its events.jsonl. A folder
+    trained again holds several runs one after another; this shows the latest."""
+
+    folder: Path
+    offset: int = 0
+    events: int = 0
+    phase: str = ""
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    last_step: dict[str, Any] = field(default_factory=dict)
+    samples: list[tuple[str, str, int]] = field(default_factory=list)  # path, prompt, step
+    checkpoints: list[tuple[int, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    done: dict[str, Any] | None = None
+
+    def refresh(self) -> bool:
+        """Read events written since the last call; True when there were any."""
+        new, self.offset = read_new_events(self.folder / "events.jsonl", self.offset)
+        for event in new:
+            self.apply(event)
+        return bool(new)
+
+    def apply(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "status" and event.get("phase") == "loading" and self.events:
+            self.reset()  # the folder's next run begins
+        self.events += 1
+        if kind == "status":
+            self.phase = str(event.get("phase", ""))
+        elif kind == "step":
+            self.last_step = event
+            loss = event.get("loss")
+            if isinstance(loss, (int, float)):
+                self.losses.append((int(event.get("step", 0)), float(loss)))
+        elif kind == "sample":
+            self.samples.append((event["path"], event.get("prompt", ""), event.get("step", 0)))
+        elif kind == "checkpoint":
+            self.checkpoints.append((int(event.get("step", 0)), str(event.get("path", ""))))
+        elif kind == "warning":
+            self.warnings.append(str(event.get("message", "")))
+        elif kind == "error":
+            self.errors.append((str(event.get("message", "")), str(event.get("hint", ""))))
+        elif kind == "done":
+            self.done = event
+
+    def reset(self) -> None:
+        keep = self.folder, self.offset
+        self.__init__(*keep)  # type: ignore[misc]
+
+
+class Supervisor:
+    """At most one training child at a time; any number of run folders to look at."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+        self.process: subprocess.Popen | None = None
+        self.folder: Path | None = None  # the folder of the last run started here
+        self.stop_pressed_at: float | None = None
+        self.stop_pending = False  # Stop before the run's first event: flag it once it starts
+        self.signalled = False
+        self._states: dict[Path, RunState] = {}
+        self._lock = threading.RLock()
+
+    # ---- starting -------------------------------------------------------------------------
+
+    def is_running(self) -> bool:
+        with self._lock:
+            return self.process is not None and self.process.poll() is None
+
+    def start(self, config: Config, sample_prompts: str = "") -> Path:
+        """Write the config into its run folder and start `python -m ti_core train` on it."""
+        with self._lock:
+            if self.is_running():
+                raise RunError(
+                    f"a run is already training in {self.folder}; stop it before starting another."
+                )
+            config = copy.deepcopy(config)
+            folder = Path(config.saving.output_dir or "output").resolve()
+            folder.mkdir(parents=True, exist_ok=True)
+            config.saving.output_dir = str(folder)  # the saved config reproduces from anywhere
+            if sample_prompts.strip():
+                prompts = folder / PROMPTS_FILE
+                write_text_atomic(prompts, sample_prompts.strip() + "\n")
+                config.sampling.sample_prompts = str(prompts)
+            config_path = folder / "config.toml"
+            write_text_atomic(config_path, config_to_toml(config))
+            state = RunState(folder)
+            state.offset = _size(folder / "events.jsonl")  # events of earlier runs stay unread
+            self._states[folder] = state
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+            )
+            with open(folder / CONSOLE_LOG, "wb") as console:
+                self.process = subprocess.Popen(
+                    [self.python, "-m", "ti_core", "train", "--config", str(config_path)],
+                    stdout=console,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,  # its own process group: Stop can end all of it
+                )
+            self.folder, self.stop_pressed_at = folder, None
+            self.stop_pending = self.signalled = False
+            return folder
+
+    # ---- looking --------------------------------------------------------------------------
+
+    def state(self, folder: str | Path) -> RunState:
+        """The folder's run, read up to its latest event."""
+        folder = Path(folder).resolve()
+        with self._lock:
+            state = self._states.setdefault(folder, RunState(folder))
+            state.refresh()
+            if folder == self.folder and state.events and self.stop_pending:
+                self.stop_pending = False
+                (folder / "STOP").touch()
+            return state
+
+    def exit_code(self, folder: str | Path) -> int | None:
+        """The child's exit code when `folder` is the last run started here and it ended."""
+        with self._lock:
+            if self.process is None or Path(folder).resolve() != self.folder:
+                return None
+            return self.process.poll()
+
+    def is_live(self, folder: str | Path) -> bool:
+        return self.is_running() and Path(folder).resolve() == self.folder
+
+    # ---- asking the run to act ------------------------------------------------------------
+
+    def request(self, flag: str) -> str:
+        """SAVE_NOW or SAMPLE_NOW: create the flag file the run takes at its next step."""
+        if flag not in FLAGS:
+            raise ValueError(flag)
+        with self._lock:
+            if not self.is_running() or self.folder is None:
+                raise RunError("no run is training.")
+            if not self.state(self.folder).events:
+                raise RunError("the run is still starting; ask again once it trains.")
+            (self.folder / flag).touch()
+            return f"Asked the run to {flag.replace('_', ' ').lower()} at its next step."
+
+    def stop(self) -> str:
+        """First press: STOP (save and end at the next step). A press STOP_GRACE_S later,
+        with the run still alive: end its process group (SIGTERM twice, SIGKILL if needed)."""
+        with self._lock:
+            if not self.is_running() or self.folder is None or self.process is None:
+                raise RunError("no run is training.")
+            now = time.monotonic()
+            if self.stop_pressed_at is None:
+                self.stop_pressed_at = now
+                if self.state(self.folder).events:
+                    (self.folder / "STOP").touch()
+                else:
+                    self.stop_pending = True
+                return "Stopping: the run saves its embedding and ends after the current step."
+            waited = now - self.stop_pressed_at
+            if waited < STOP_GRACE_S:
+                return (
+                    f"Already stopping ({waited:.0f} s ago). Press Stop again after "
+                    f"{STOP_GRACE_S:.0f} s to end the process at once."
+                )
+            self._terminate(self.process)
+            return "Ending the training process now (steps since the last save are lost)."
+
+    def _terminate(self, process: subprocess.Popen) -> None:
+        self.signalled = True
+        group = process.pid  # start_new_session: the group id is the child's pid
+        for _ in range(2):  # the run takes the first SIGTERM as STOP, the second ends it
+            _signal_group(group, signal.SIGTERM)
+            time.sleep(0.2)
+
+        def kill_if_alive() -> None:
+            try:
+                process.wait(timeout=KILL_AFTER_S)
+            except subprocess.TimeoutExpired:
+                _signal_group(group, signal.SIGKILL)
+                process.wait()
+
+        threading.Thread(target=kill_if_alive, daemon=True).start()
+
+    def shutdown(self) -> None:
+        """Leave no training child behind when the GUI ends (atexit)."""
+        with self._lock:
+            if self.is_running() and self.process is not None:
+                self._terminate(self.process)
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signum)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a text file ("" when it does not exist)."""
+    try:
+        with open(path, "rb") as source:
+            source.seek(max(0, source.seek(0, os.SEEK_END) - 64_000))
+            text = source.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def list_runs(root: str | Path) -> list[Path]:
+    """Run folders (holding events.jsonl) in `root` and one level below it, newest first."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return []
+    found = {p.parent.resolve() for p in root.glob("events.jsonl")}
+    found |= {p.parent.resolve() for p in root.glob("*/events.jsonl")}
+    return sorted(found, key=lambda p: _mtime(p / "events.jsonl"), reverse=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+SUPERVISOR = Supervisor()
