@@ -114,8 +114,9 @@ def run_training(config: Config, specs: list) -> int:
         try:
             train(config, specs, run)
         except TiError as error:
-            run.error(message=str(error), hint="")
-            run.done(reason="failed")
+            if not getattr(error, "recorded_in_run", False):
+                run.error(message=str(error), hint="")
+                run.done(reason="failed")
             raise
         except KeyboardInterrupt:
             # A second Ctrl+C / SIGTERM: end at once; saved files are whole (atomic writes).

@@ -23,7 +23,6 @@ from ti_core.data.buckets import check_bucket_reso_steps
 from ti_core.data.latents import scale_latents
 from ti_core.data.spec import DatasetSpec
 from ti_core.diffusion import image_losses, noisy_latents, prediction_target, training_scheduler
-from ti_core.errors import TiError
 from ti_core.optim import build_optimizer, build_scheduler, current_lr
 from ti_core.run_folder import RunFolder
 from ti_core.text_encoding import encode
@@ -100,8 +99,7 @@ def train(config: Config, specs: list[DatasetSpec], run: RunFolder) -> Path:
             noise_seed = hash((config.training.seed, epoch, batch_index)) % 2**63
             loss = step_loss(config, model, batch, precision, noise_scheduler, noise_seed)
             if not torch.isfinite(loss):
-                outputs.fail_non_finite(step, float(loss))  # saves the last good vectors
-                raise TiError(f"the loss became {float(loss)} at step {step + 1}; see train.log")
+                raise outputs.fail_non_finite(step, float(loss))  # saves the last good vectors
             backward(loss / accumulation, scaler)
             if (batch_index + 1) % accumulation and batch_index + 1 < len(batches):
                 continue
@@ -211,5 +209,3 @@ def speed(started: float, steps_done: int, steps_left: int) -> dict[str, float]:
     rate = steps_done / elapsed
     return {"it_s": round(rate, 3), "eta_s": round(steps_left / rate, 1) if rate else -1.0}
 
-
-__all__ = ["TiError", "train"]

@@ -118,8 +118,9 @@ class Outputs:
         log.info("%s at step %d: %s", reason, step, self.final_path)
         return self.final_path  # type: ignore[return-value]
 
-    def fail_non_finite(self, step: int, loss: float) -> None:
-        """The vectors still hold the last good step (the bad one was never applied)."""
+    def fail_non_finite(self, step: int, loss: float) -> TiError:
+        """Save and record the failure; the vectors still hold the last good step (the bad one
+        was never applied). Returns the error for the loop to raise."""
         self.save_embedding(step)
         message = f"the loss became {loss} at step {step + 1}; training stopped"
         hint = (
@@ -128,7 +129,9 @@ class Outputs:
         )
         self.run.error(message=message, hint=hint)
         self.run.done(reason="failed", path=str(self.final_path))
-        log.error("%s. %s", message, hint)
+        failure = TiError(f"{message}; {hint}")
+        failure.recorded_in_run = True  # type: ignore[attr-defined]
+        return failure
 
     # --- resumable state --------------------------------------------------------------------
     def save_state(self) -> Path:
