@@ -160,7 +160,7 @@ def _refuse_if_planned(info: FieldInfo, value: Any, where: str) -> None:
 def _check_text_form(info: FieldInfo, value: str, where: str) -> Any:
     """A number option given as text: a plain number becomes the number, other text must
     parse (today only learning_rate's piecewise form, parsed by ti_core.optim)."""
-    from ti_core.optim import parse_learning_rate
+    from ti_core.optim_args import parse_learning_rate
 
     try:
         parsed = parse_learning_rate(value)
