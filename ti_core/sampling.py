@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,9 +238,37 @@ def generate_samples(
     A prompt without --d gets seed default_seed + its index. The pipeline's scheduler,
     progress bar, modules' train/eval modes, VAE device and torch's global RNG are put back.
     """
+    samples_dir = Path(samples_dir)
+    results = []
+    with sampling_state(pipeline, device) as base_scheduler:
+        for index, prompt in enumerate(prompts):
+            seed = prompt.seed if prompt.seed is not None else default_seed + index
+            path = samples_dir / f"{step:06d}-{index:02d}-{seed}.png"
+            settings = _settings(prompt, seed, step, width, height, sampler)
+            log.info(
+                "sample %d/%d at step %d (seed %d, %s, %d steps): %s",
+                *(index + 1, len(prompts), step, seed, settings["sampler"]),
+                *(settings["steps"], prompt.prompt),
+            )
+            (image,) = run_pipeline(
+                pipeline,
+                prompt_embeddings(pipeline, encode_prompt, prompt.prompt, prompt.negative_prompt),
+                base_scheduler=base_scheduler,
+                seeds=[seed],
+                **{key: settings[key] for key in ("sampler", "width", "height", "steps", "scale")},
+            )
+            save_png(image, path, settings)
+            results.append((path, prompt))
+    return results
+
+
+@contextmanager
+def sampling_state(pipeline: Any, device: Any) -> Iterator[Any]:
+    """Modules in eval mode, the VAE on `device`, no progress bar, under no_grad; yields the
+    pipeline's scheduler. On exit the scheduler, modules' train/eval modes, the VAE's device,
+    the progress bar and torch's global RNG are put back."""
     import torch
 
-    samples_dir = Path(samples_dir)
     base_scheduler = pipeline.scheduler
     modules = [m for m in pipeline.components.values() if isinstance(m, torch.nn.Module)]
     training = [(module, module.training) for module in modules]
@@ -247,34 +276,13 @@ def generate_samples(
     rng_state = torch.get_rng_state()
     had_bar_config = hasattr(pipeline, "_progress_bar_config")
     bar_config = getattr(pipeline, "_progress_bar_config", None)
-    results = []
     try:
         for module in modules:
             module.eval()
         pipeline.vae.to(device)
         pipeline.set_progress_bar_config(disable=True)
         with torch.no_grad():
-            for index, prompt in enumerate(prompts):
-                seed = prompt.seed if prompt.seed is not None else default_seed + index
-                path = samples_dir / f"{step:06d}-{index:02d}-{seed}.png"
-                settings = _settings(prompt, seed, step, width, height, sampler)
-                log.info(
-                    "sample %d/%d at step %d (seed %d, %s, %d steps): %s",
-                    *(index + 1, len(prompts), step, seed, settings["sampler"]),
-                    *(settings["steps"], prompt.prompt),
-                )
-                pipeline.scheduler = make_scheduler(settings["sampler"], base_scheduler)
-                image = pipeline(
-                    **_embeddings(pipeline, encode_prompt, prompt),
-                    width=settings["width"],
-                    height=settings["height"],
-                    num_inference_steps=settings["steps"],
-                    guidance_scale=settings["scale"],
-                    generator=torch.Generator("cpu").manual_seed(seed),
-                    output_type="pil",
-                ).images[0]
-                _save_png(image, path, settings)
-                results.append((path, prompt))
+            yield base_scheduler
     finally:
         pipeline.scheduler = base_scheduler
         pipeline.vae.to(vae_device)
@@ -285,7 +293,37 @@ def generate_samples(
             pipeline._progress_bar_config = bar_config
         elif hasattr(pipeline, "_progress_bar_config"):
             del pipeline._progress_bar_config
-    return results
+
+
+def run_pipeline(
+    pipeline: Any,
+    embeds: dict[str, Any],
+    *,
+    base_scheduler: Any,
+    seeds: Sequence[int],
+    sampler: str,
+    width: int,
+    height: int,
+    steps: int,
+    scale: float,
+) -> list[Any]:
+    """One PIL image per seed from ready-made *_embeds arguments (batch 1 embeds, repeated).
+
+    Each image's noise comes from its own CPU generator seeded with its seed, as when it is
+    made alone (batched arithmetic may still differ in the last bits)."""
+    import torch
+
+    pipeline.scheduler = make_scheduler(sampler, base_scheduler)
+    return pipeline(
+        **embeds,
+        num_images_per_prompt=len(seeds),
+        width=width,
+        height=height,
+        num_inference_steps=steps,
+        guidance_scale=scale,
+        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+        output_type="pil",
+    ).images
 
 
 def _settings(
@@ -306,18 +344,21 @@ def _settings(
     }
 
 
-def _embeddings(pipeline: Any, encode_prompt: Callable, prompt: SamplePrompt) -> dict[str, Any]:
-    """The pipeline's *_embeds arguments for a prompt and its negative."""
-    positive = encode_prompt(prompt.prompt)
-    if not prompt.negative_prompt and pipeline.config.get("force_zeros_for_empty_prompt"):
+def prompt_embeddings(
+    pipeline: Any, encode_prompt: Callable[[str], dict[str, Any]], prompt: str, negative: str
+) -> dict[str, Any]:
+    """The pipeline's *_embeds arguments for a prompt and its negative prompt."""
+    positive = encode_prompt(prompt)
+    if not negative and pipeline.config.get("force_zeros_for_empty_prompt"):
         # SDXL's own behaviour for an empty negative prompt: zeros, not the encoded "".
-        negative = {key: value.new_zeros(value.shape) for key, value in positive.items()}
+        negative_embeds = {key: value.new_zeros(value.shape) for key, value in positive.items()}
     else:
-        negative = encode_prompt(prompt.negative_prompt)
-    return {**positive, **{f"negative_{key}": value for key, value in negative.items()}}
+        negative_embeds = encode_prompt(negative)
+    return {**positive, **{f"negative_{key}": value for key, value in negative_embeds.items()}}
 
 
-def _save_png(image: Any, path: Path, settings: dict[str, Any]) -> None:
+def save_png(image: Any, path: Path, settings: dict[str, Any]) -> None:
+    """Write a PNG (atomically) whose text chunks hold every setting and A1111's "parameters"."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()

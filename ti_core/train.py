@@ -208,4 +208,3 @@ def speed(started: float, steps_done: int, steps_left: int) -> dict[str, float]:
     elapsed = max(time.monotonic() - started, 1e-9)
     rate = steps_done / elapsed
     return {"it_s": round(rate, 3), "eta_s": round(steps_left / rate, 1) if rate else -1.0}
-
