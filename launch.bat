@@ -61,8 +61,8 @@ if exist "%STAMP%" (
   fc /b "%STAMP%" "%WANT%" >nul && exit /b 0
 )
 echo Installing %FILE% into %VENV% (first run or requirements changed) ...
+rem torch first and pinned, so nothing later can swap in another, multi-GB, build.
 if "%FILE%"=="requirements.txt" (
-  rem torch first and pinned, so nothing later can swap in another (multi-GB) build.
   if "%TORCH_INDEX_URL%"=="" (
     "%VPY%" -m pip install --disable-pip-version-check torch==%TORCH_VERSION% || exit /b 2
   ) else (
