@@ -138,13 +138,13 @@ def command_train(args: argparse.Namespace) -> int:
     from ti_core.preflight import preflight
 
     config = resolve_config(args)
-    specs, _ = preflight(config)
+    specs, report = preflight(config)
     if config.dataset.debug_dataset:
-        return show_debug_dataset(config, specs)
-    return run_training(config, specs)
+        return show_debug_dataset(config, specs, report.entries)
+    return run_training(config, specs, report.entries)
 
 
-def run_training(config: Config, specs: list) -> int:
+def run_training(config: Config, specs: list, entries: list) -> int:
     """Train inside the run folder; a failure is still recorded there (error + done events)."""
     from ti_core.run_folder import RunFolder
     from ti_core.train import train
@@ -154,7 +154,7 @@ def run_training(config: Config, specs: list) -> int:
         run.attach_logging()
         run.install_stop_signals()
         try:
-            train(config, specs, run)
+            train(config, specs, run, entries)
         except TiError as error:
             if not getattr(error, "recorded_in_run", False):
                 run.error(message=str(error), hint="")
@@ -172,7 +172,7 @@ def run_training(config: Config, specs: list) -> int:
     return 0
 
 
-def show_debug_dataset(config: Config, specs: list) -> int:
+def show_debug_dataset(config: Config, specs: list, entries: list) -> int:
     """--debug_dataset: load the model and tokens, print the first batches, train nothing."""
     import torch
 
@@ -198,7 +198,8 @@ def show_debug_dataset(config: Config, specs: list) -> int:
         token.weights,
         generator=torch.Generator().manual_seed(config.training.seed),
     )
-    print_debug_dataset(debug_dataset(config, specs, placeholders.expand, tokenizers[0]), print)
+    lines = debug_dataset(config, specs, placeholders.expand, tokenizers[0], entries=entries)
+    print_debug_dataset(lines, print)
     return 0
 
 

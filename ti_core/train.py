@@ -21,7 +21,7 @@ from ti_core.config_io import save_config
 from ti_core.data.batches import make_loader, sdxl_time_ids
 from ti_core.data.buckets import check_bucket_reso_steps
 from ti_core.data.latents import scale_latents
-from ti_core.data.spec import DatasetSpec
+from ti_core.data.spec import DatasetSpec, ImageEntry
 from ti_core.diffusion import image_losses, noisy_latents, prediction_target, training_scheduler
 from ti_core.optim import build_optimizer, build_scheduler, current_lr
 from ti_core.run_folder import RunFolder
@@ -41,8 +41,14 @@ from ti_core.train_setup import (
 log = logging.getLogger(__name__)
 
 
-def train(config: Config, specs: list[DatasetSpec], run: RunFolder) -> Path:
-    """Train the embedding; returns the final file. Stops early, saving, on STOP/SIGINT."""
+def train(
+    config: Config,
+    specs: list[DatasetSpec],
+    run: RunFolder,
+    entries: list[list[ImageEntry]] | None = None,
+) -> Path:
+    """Train the embedding; returns the final file. Stops early, saving, on STOP/SIGINT.
+    `entries`: the images the preflight's dataset check found (else they are searched again)."""
     from ti_core.models import load_model
     from ti_core.preflight import explicit_num_vectors
     from ti_core.tokens import add_placeholders, text_parts
@@ -63,7 +69,7 @@ def train(config: Config, specs: list[DatasetSpec], run: RunFolder) -> Path:
     )  # fmt: skip
     model = prepare_model(loaded, placeholders, tokenizers, text_encoders, config, precision)
     run.status("caching" if config.dataset.cache_latents else "preparing data")
-    batches = build_batches(config, specs, model, precision)
+    batches = build_batches(config, specs, model, precision, entries)
     max_steps, num_epochs = total_steps(config, len(batches))
     optimizer = build_optimizer(
         model.parameters, config.optimizer.optimizer_type,

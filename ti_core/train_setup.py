@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ti_core.config import Config
-from ti_core.data.spec import DatasetSpec
+from ti_core.data.spec import DatasetSpec, ImageEntry
 from ti_core.models import LoadedModel
 from ti_core.text_encoding import TrainableTokens, install_trainable_tokens
 from ti_core.tokens import Placeholders
@@ -142,16 +142,19 @@ def total_steps(config: Config, batches_per_epoch: int) -> tuple[int, int]:
 
 
 def build_batches(
-    config: Config, specs: list[DatasetSpec], model: TrainableModel, precision: Precision
+    config: Config,
+    specs: list[DatasetSpec],
+    model: TrainableModel,
+    precision: Precision,
+    entries: list[list[ImageEntry]] | None = None,
 ) -> Any:
     """The run's batches, from the latent cache when cache_latents is on (the VAE then leaves
     the device: training never needs it again)."""
-    from ti_core.data.batches import EpochBatches, prepare_images
+    from ti_core.data.batches import EpochBatches
     from ti_core.data.latents import cache_latents, check_latent_cacheable, release_vae
-    from ti_core.data.sources import discover_images
-    from ti_core.training_data import caption_maker
+    from ti_core.training_data import caption_maker, train_images
 
-    datasets = [(spec, prepare_images(discover_images(spec)[0], spec)) for spec in specs]
+    datasets = train_images(specs, entries)
     cache = None
     if config.dataset.cache_latents or config.dataset.cache_latents_to_disk:
         check_latent_cacheable(subset for spec in specs for subset in spec.subsets)

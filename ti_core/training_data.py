@@ -149,19 +149,32 @@ def print_debug_dataset(lines: list[DebugLine], print_line: Callable[[str], None
         print_line("")
 
 
+def train_images(
+    specs: list[DatasetSpec], entries: list[list[ImageEntry]] | None = None
+) -> list[tuple[DatasetSpec, list[Any]]]:
+    """Each dataset with its images sized, bucketed and repeated. `entries`: what the doctor
+    already found (sizes read), so training does not search and open every image again."""
+    from ti_core.data.batches import prepare_images
+    from ti_core.data.sources import discover_images
+
+    if not entries:
+        entries = [discover_images(spec)[0] for spec in specs]
+    return [(spec, prepare_images(found, spec)) for spec, found in zip(specs, entries, strict=True)]
+
+
 def debug_dataset(
     config: Config,
     specs: list[DatasetSpec],
     expand: Callable[[str], str],
     tokenizer: Any,
     max_batches: int = 4,
+    entries: list[list[ImageEntry]] | None = None,
 ) -> list[DebugLine]:
     """The first batches as training would make them, with their input ids (--debug_dataset)."""
-    from ti_core.data.batches import EpochBatches, prepare_images
-    from ti_core.data.sources import discover_images
+    from ti_core.data.batches import EpochBatches
     from ti_core.tokens import tokenize_captions
 
-    datasets = [(spec, prepare_images(discover_images(spec)[0], spec)) for spec in specs]
+    datasets = train_images(specs, entries)
     batches = EpochBatches(datasets, caption_maker(config, expand), seed=config.training.seed)
     lines, truncated = [], 0
     for index in range(min(max_batches, len(batches))):

@@ -63,6 +63,8 @@ class DatasetReport:
     datasets: list[DatasetSummary]
     errors: list[Problem]  # any of these stops training
     warnings: list[Problem]
+    # What was found per dataset, sizes read: training reuses it instead of reading again.
+    entries: list[list[ImageEntry]] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -73,7 +75,9 @@ class DatasetReport:
         return sum(dataset.steps_per_epoch for dataset in self.datasets)
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "ok": self.ok, "steps_per_epoch": self.steps_per_epoch}
+        data = dataclasses.asdict(dataclasses.replace(self, entries=[]))
+        del data["entries"]  # image lists are for the trainer, not the report
+        return {**data, "ok": self.ok, "steps_per_epoch": self.steps_per_epoch}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
@@ -114,9 +118,11 @@ def check_datasets(
     errors unless `add_missing_token` (then the run puts the token in front of them)."""
     problems: list[Problem] = []
     summaries = []
+    found_entries: list[list[ImageEntry]] = []
     digests: dict[str, list[Path]] = {}
     for dataset in datasets:
         entries, found = discover_images(dataset)
+        found_entries.append(entries)
         problems += found + _setting_problems(dataset, reso_steps_multiple)
         buckets: dict[int, tuple[int, int]] = {}  # id(entry) -> its bucket, where known
         for entry in entries if read_images else []:
@@ -140,6 +146,7 @@ def check_datasets(
         summaries,
         errors=[problem for problem in problems if problem.severity == "error"],
         warnings=[problem for problem in problems if problem.severity != "error"],
+        entries=found_entries,
     )
 
 
