@@ -8,10 +8,12 @@ import atexit
 import gradio as gr
 
 from ti_gui.fields import INVALID_CLASS, Form
+from ti_gui.generation_client import CLIENT
 from ti_gui.supervisor import SUPERVISOR
 from ti_gui.tabs import (
     config_tab,
     dataset_tab,
+    generate_tab,
     model_tab,
     run,
     sampling_tab,
@@ -22,6 +24,7 @@ from ti_gui.tabs import (
 TITLE = "Textual Inversion trainer"
 CSS = f"""
 .{INVALID_CLASS} {{ outline: 2px solid #d33; border-radius: 6px; }}
+.{INVALID_CLASS} [data-testid="block-info"] {{ color: #d33; }}
 .ti-tokens {{ display: flex; flex-wrap: wrap; gap: 4px; }}
 .ti-piece, .ti-new {{ padding: 2px 6px; border-radius: 4px; background: #8882; }}
 .ti-new {{ background: #f9a825; color: #000; font-weight: bold; }}
@@ -53,6 +56,8 @@ def build_app() -> gr.Blocks:
             sampling = sampling_tab.build(form)
         with gr.Tab("Run", elem_id="run-tab"):
             run_tab = run.build(form)
+        with gr.Tab("Generate", elem_id="generate-tab"):
+            generate = generate_tab.build(form)
         config_tab.wire(config, form, form_status)
         model_tab.wire(model, form)
         dataset_tab.wire(dataset, form)
@@ -60,6 +65,8 @@ def build_app() -> gr.Blocks:
         training_tab.wire(form)
         sampling_tab.wire(sampling, form)
         run.wire(run_tab, form, sampling.prompts, form_status, app)
+        generate_tab.wire(generate, run_tab.runs_root, app)
     app.ti_form = form  # tests look the widgets up by option name
     atexit.register(SUPERVISOR.shutdown)
+    atexit.register(CLIENT.shutdown)
     return app

@@ -8,6 +8,7 @@ handlers receive {component: value}) and return `form.values(config)` (a {compon
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -15,8 +16,12 @@ import gradio as gr
 from ti_core.config import FIELDS, Config, FieldInfo
 from ti_core.config_io import check_combinations, parse_resolution, set_option
 from ti_core.errors import TiError
+from ti_core.token_preview import preview
 
 INVALID_CLASS = "ti-invalid"  # marks a widget whose value the config refuses (see app.CSS)
+PROBLEM_MARK = "\u26a0 "  # starts a widget's info text while it shows a problem instead of help
+VALID_MESSAGE = "**Valid.**"  # the form status when Train may start
+HUB_ID_PARTS = 2  # "owner/name": a model name that is no local path is taken as a hub id
 
 
 def field_label(info: FieldInfo) -> str:
@@ -89,12 +94,26 @@ def from_widget_value(info: FieldInfo, value: Any) -> Any:
 class FormResult:
     config: Config | None
     errors: dict[str, str]  # option name -> message; "" key for rules between options
+    # Values the config takes but a run cannot start with (a missing path, an empty or known
+    # token): the TOML still follows the form, Train does not.
+    blockers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.config is not None and not self.blockers
+
+    def problems(self) -> dict[str, str]:
+        """Everything to show at the widgets, by option name."""
+        return {**self.blockers, **self.errors}
 
     def message(self) -> str:
-        if not self.errors:
-            return "**Valid.**"
-        lines = [f"- {message}" for message in self.errors.values()]
-        return "**Not valid:**\n" + "\n".join(lines)
+        if self.errors:
+            lines = [f"- {message}" for message in self.errors.values()]
+            return "**Not valid:**\n" + "\n".join(lines)
+        if self.blockers:
+            lines = [f"- {message}" for message in self.blockers.values()]
+            return "**Not ready to train:**\n" + "\n".join(lines)
+        return VALID_MESSAGE
 
 
 class Form:
@@ -103,6 +122,7 @@ class Form:
     def __init__(self, initial: Config | None = None) -> None:
         self.initial = initial or Config()  # the values the widgets start with
         self.widgets: dict[str, gr.components.Component] = {}
+        self.help: dict[str, str] = {}  # each widget's info text, shown again once a value is fixed
 
     def add(self, name: str, **overrides: Any) -> gr.components.Component:
         if name in self.widgets:
@@ -111,6 +131,7 @@ class Form:
         start = getattr(getattr(self.initial, info.section), name)
         widget = make_widget(info, value=to_widget_value(info, start), **overrides)
         self.widgets[name] = widget
+        self.help[name] = widget.info or ""
         return widget
 
     def add_rest(self, section: str) -> list[gr.components.Component]:
@@ -134,17 +155,36 @@ class Form:
         """Read {component: value} (a handler's input) into a Config, every option by name."""
         names = self.names_by_component()
         by_name = {names[id(c)]: v for c, v in data.items() if id(c) in names}
-        return collect_values(by_name)
+        result = collect_values(by_name)
+        if result.config is not None:
+            result.blockers = check_ready(result.config)
+        return result
 
     def values(self, config: Config) -> dict[gr.components.Component, Any]:
         return {widget: option_value(config, name) for name, widget in self.widgets.items()}
 
-    def marks(self, errors: dict[str, str]) -> dict[gr.components.Component, Any]:
-        """Red frames on the widgets whose values are refused, none on the others."""
+    def marks(self, problems: dict[str, str]) -> dict[gr.components.Component, Any]:
+        """Every widget: a red frame and the problem as its info text where its value is
+        refused, the plain widget with its help text elsewhere."""
         return {
-            widget: gr.update(elem_classes=[INVALID_CLASS] if name in errors else [])
-            for name, widget in self.widgets.items()
+            widget: self.mark(name, problems.get(name)) for name, widget in self.widgets.items()
         }
+
+    def mark_changes(
+        self, before: dict[str, str], now: dict[str, str]
+    ) -> dict[gr.components.Component, Any]:
+        """Only the widgets whose problem appeared, changed or went away (a keystroke sends
+        nothing for the others)."""
+        return {
+            widget: self.mark(name, now.get(name))
+            for name, widget in self.widgets.items()
+            if before.get(name) != now.get(name)
+        }
+
+    def mark(self, name: str, problem: str | None) -> dict[str, Any]:
+        if problem is None:
+            return gr.update(elem_classes=[], info=self.help[name])
+        return gr.update(elem_classes=[INVALID_CLASS], info=PROBLEM_MARK + problem)
 
 
 def option_value(config: Config, name: str) -> Any:
@@ -176,3 +216,65 @@ def collect_values(values: dict[str, Any]) -> FormResult:
         except TiError as error:
             errors[""] = str(error)
     return FormResult(None if errors else config, errors)
+
+
+def check_ready(config: Config) -> dict[str, str]:
+    """What stops a run from starting although the config is valid, by option name, found
+    without loading anything: the token string, and the paths that must exist here."""
+    problems: dict[str, str] = {}
+    token = config.token
+    if not token.token_string:
+        problems["token_string"] = (
+            "token_string is empty: set the made-up word your captions use (e.g. mychar4)."
+        )
+    else:
+        problem = preview("", token.token_string, token.num_vectors_per_token).problem
+        if problem:
+            problems["token_string"] = problem
+    model = config.model.pretrained_model_name_or_path.strip()
+    if not model:
+        problems["pretrained_model_name_or_path"] = (
+            "pretrained_model_name_or_path is empty: name a .safetensors/.ckpt file, a "
+            "diffusers folder, a hub id, or demo:sd1."
+        )
+    else:
+        _missing_path(problems, "pretrained_model_name_or_path", model, hub_id_allowed=True)
+    _missing_path(problems, "vae", config.model.vae, hub_id_allowed=True)
+    _missing_path(problems, "weights", token.weights)
+    data = config.dataset
+    if data.dataset_config:
+        _missing_path(problems, "dataset_config", data.dataset_config)
+    elif not data.train_data_dir and not data.in_json:
+        problems["train_data_dir"] = (
+            "no images to train on: set train_data_dir (a folder of N_name subfolders) or "
+            "dataset_config (an sd-scripts dataset TOML)."
+        )
+    _missing_path(problems, "train_data_dir", data.train_data_dir)
+    _missing_path(problems, "reg_data_dir", data.reg_data_dir)
+    _missing_path(problems, "in_json", data.in_json)
+    return problems
+
+
+def _missing_path(
+    problems: dict[str, str], name: str, value: str, hub_id_allowed: bool = False
+) -> None:
+    """Note `name` when its value names a local file or folder that is not there. Relative
+    paths are read from the folder the GUI was started in, as the run reads them."""
+    value = (value or "").strip()
+    if not value or value.startswith("demo:") or Path(value).expanduser().exists():
+        return
+    if hub_id_allowed and _looks_like_hub_id(value):
+        return
+    problems[name] = f"{name} = {value}: not found on this computer; check the path."
+
+
+def _looks_like_hub_id(value: str) -> bool:
+    """ "owner/name" with no file extension, not absolute or relative-looking."""
+    parts = value.split("/")
+    return (
+        len(parts) == HUB_ID_PARTS
+        and all(parts)
+        and not value.startswith((".", "~"))
+        and "\\" not in value
+        and Path(value).suffix.lower() not in (".safetensors", ".ckpt", ".pt", ".bin")
+    )

@@ -12,7 +12,7 @@ import gradio as gr
 from ti_core.config import Config
 from ti_core.config_io import config_from_toml, config_to_command, config_to_toml, load_config
 from ti_core.errors import TiError
-from ti_gui.fields import Form
+from ti_gui.fields import Form, FormResult, check_ready
 from ti_gui.tabs.model_tab import describe_model
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
@@ -28,7 +28,7 @@ class ConfigTab:
     check: gr.Button
     status: gr.Markdown
     command: gr.Textbox
-    invalid: gr.State  # names of the options the form refuses now (their widgets are marked)
+    invalid: gr.State  # {option name: problem} shown at the widgets now
 
 
 def preset_names() -> list[str]:
@@ -82,7 +82,7 @@ def build(form: Form) -> ConfigTab:
         buttons=["copy"],
         interactive=False,
     )
-    return ConfigTab(preset, load, toml, apply, check, status, command, gr.State([]))
+    return ConfigTab(preset, load, toml, apply, check, status, command, gr.State({}))
 
 
 def wire(tab: ConfigTab, form: Form, form_status: gr.Markdown) -> None:
@@ -96,26 +96,24 @@ def wire(tab: ConfigTab, form: Form, form_status: gr.Markdown) -> None:
             message = f"**Not valid:** {error}"
             return {tab.status: message, form_status: message}
         model = describe_model(config.model.pretrained_model_name_or_path)
+        blockers = check_ready(config)
         return {
             **form.values(config),
-            **form.marks({}),
-            tab.invalid: [],
+            **form.marks(blockers),
+            tab.invalid: blockers,
             tab.status: f"**Loaded into the form.** Model: {model}",
             tab.command: config_to_command(config),
-            form_status: "**Valid.**",
+            form_status: FormResult(config, {}, blockers).message(),
         }
 
     def form_changed(data: dict[Any, Any]) -> dict[Any, Any]:
-        """A widget changed: the TOML and command line follow; refused values are marked."""
+        """A widget changed: the TOML and command line follow; refused values are marked at
+        their widgets (red frame, the problem as the widget's info text)."""
         result = form.collect(data)
-        before = set(data[tab.invalid])
-        now = set(result.errors)
-        changed = {name: widget for name, widget in form.widgets.items() if name in before ^ now}
-        out: dict[Any, Any] = {
-            widget: gr.update(elem_classes=["ti-invalid"] if name in now else [])
-            for name, widget in changed.items()
-        }
-        out[tab.invalid] = sorted(now)
+        before = data[tab.invalid] if isinstance(data[tab.invalid], dict) else {}
+        now = result.problems()
+        out: dict[Any, Any] = form.mark_changes(before, now)
+        out[tab.invalid] = now
         out[form_status] = result.message()
         if result.config is not None:
             out[tab.toml] = config_to_toml(result.config)

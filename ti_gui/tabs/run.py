@@ -12,7 +12,7 @@ import gradio as gr
 from ti_core.config_io import config_from_toml
 from ti_core.errors import TiError
 from ti_gui import run_view
-from ti_gui.fields import Form
+from ti_gui.fields import VALID_MESSAGE, Form
 from ti_gui.supervisor import SUPERVISOR, list_runs
 
 POLL_S = 1.0
@@ -118,7 +118,7 @@ def wire(
 
     def start(data: dict[Any, Any]) -> dict[Any, Any]:
         result = form.collect(data)
-        if result.config is None:
+        if not result.ready:  # nothing is written: no run folder for a form that cannot train
             return {tab.message: "**Cannot train:** fix the config first.\n\n" + result.message()}
         try:
             folder = SUPERVISOR.start(result.config, data[sample_prompts] or "")
@@ -128,7 +128,7 @@ def wire(
         return {
             tab.message: f"Started a run in `{folder}`.",
             tab.shown: gr.update(choices=choices, value=str(folder)),
-            form_status: "**Valid.**",
+            form_status: VALID_MESSAGE,
         }
 
     def act(action) -> str:
@@ -148,6 +148,14 @@ def wire(
         start, inputs=form.inputs() | {sample_prompts, tab.runs_root},
         outputs=[tab.message, tab.shown, form_status], **private,
     )  # fmt: skip
+
+    def train_enabled(status: str) -> dict[str, Any]:
+        """Train is offered only while the form can train (the status above the tabs says so)."""
+        return gr.update(interactive=(status or "").startswith(VALID_MESSAGE))
+
+    form_status.change(
+        train_enabled, inputs=form_status, outputs=tab.train, show_progress="hidden", **private
+    )
     tab.stop.click(lambda: act(SUPERVISOR.stop), outputs=tab.message, **private)
     tab.save_now.click(
         lambda: act(lambda: SUPERVISOR.request("SAVE_NOW")), outputs=tab.message, **private

@@ -1,0 +1,100 @@
+"""What the form tells a user at the widget itself: a value a run cannot start with is framed in
+red and explained in the widget's own info line (its help comes back once fixed), Train is
+switched off and writes nothing; the Dataset tab's one-click caption fixes and their Undo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ti_core.config_io import load_config
+from ti_gui.fields import INVALID_CLASS, PROBLEM_MARK, VALID_MESSAGE, check_ready, option_value
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "presets" / "demo.toml"
+
+
+@pytest.fixture(scope="module")
+def app():
+    from ti_gui.app import build_app
+
+    return build_app()
+
+
+def handler(app, name: str):
+    """A wired event's function by its name (the events are private: no API endpoint)."""
+    return next(block.fn for block in app.fns.values() if getattr(block.fn, "__name__", "") == name)
+
+
+def form_data(app, **changes) -> dict:
+    """The demo preset as the widgets hold it, with some widgets changed (by option name)."""
+    form = app.ti_form
+    config = load_config(DEMO)
+    values = {name: option_value(config, name) for name in form.widgets}
+    values.update(changes)
+    return {form[name]: value for name, value in values.items()}
+
+
+def type_into(app, invalid: dict, **changes) -> tuple[dict, dict]:
+    """Run the form's change handler as a keystroke does: (outputs, the new marked problems)."""
+    data = form_data(app, **changes)
+    state = next(block for block in app.fns.values() if block.fn.__name__ == "form_changed")
+    invalid_state = next(c for c in state.inputs if c not in app.ti_form.widgets.values())
+    out = handler(app, "form_changed")({**data, invalid_state: invalid})
+    return out, out[invalid_state]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("token_string", "", "token_string is empty"),
+        ("token_string", "cat", "already a token the tokenizer knows"),
+        ("pretrained_model_name_or_path", "/no/such/model.safetensors", "not found"),
+        ("train_data_dir", "/no/such/dataset", "not found"),
+        ("max_train_steps", 0, "expected at least 1"),
+        ("learning_rate", "0.005:100, oops", "learning_rate"),
+    ],
+)
+def test_a_bad_value_is_explained_at_its_widget_and_train_is_off(app, name, value, says):
+    widget = app.ti_form[name]
+    out, problems = type_into(app, {}, **{name: value})
+    assert says in problems[name]
+    assert out[widget]["elem_classes"] == [INVALID_CLASS]
+    assert out[widget]["info"].startswith(PROBLEM_MARK) and says in out[widget]["info"]
+    status = next(v for k, v in out.items() if getattr(k, "elem_id", "") == "form-status")
+    assert not status.startswith(VALID_MESSAGE) and says in status
+    train_enabled = handler(app, "train_enabled")(status)
+    assert train_enabled["interactive"] is False
+
+    fixed, problems = type_into(app, problems)  # the demo's own value again
+    assert problems == {}
+    assert fixed[widget]["elem_classes"] == [] and fixed[widget]["info"] == app.ti_form.help[name]
+    assert handler(app, "train_enabled")(VALID_MESSAGE)["interactive"] is True
+
+
+def test_train_with_a_bad_value_writes_no_run_folder(app, tmp_path):
+    run_folder = tmp_path / "never"
+    data = form_data(app, token_string="", output_dir=str(run_folder))
+    others = {c: "" for block in app.fns.values() if block.fn.__name__ == "start"
+              for c in block.inputs if c not in data}  # fmt: skip
+    out = handler(app, "start")({**data, **others})
+    message = next(iter(out.values()))
+    assert "Cannot train" in message and "token_string is empty" in message
+    assert not run_folder.exists()
+
+
+def test_ready_checks_pass_the_demo_and_hub_ids():
+    config = load_config(DEMO)
+    assert check_ready(config) == {}
+    config.model.pretrained_model_name_or_path = "stabilityai/stable-diffusion-2-1"
+    config.model.vae = "madebyollin/sdxl-vae-fp16-fix"
+    assert check_ready(config) == {}
+    config.model.pretrained_model_name_or_path = "models/missing.safetensors"
+    config.token.weights = "/no/such/embedding.safetensors"
+    config.dataset.train_data_dir = ""
+    assert set(check_ready(config)) == {
+        "pretrained_model_name_or_path",
+        "weights",
+        "train_data_dir",
+    }
