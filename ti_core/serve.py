@@ -16,7 +16,8 @@ from ti_core.errors import TiError
 
 log = logging.getLogger(__name__)
 
-OPS = ("ping", "load_model", "load_embeddings", "remove_embedding", "generate", "inspect", "quit")
+OPS = ("ping", "load_model", "load_embeddings", "remove_embedding", "generate", "inspect")
+OPS += ("list_checkpoints", "compare_grid", "convert", "quit")
 GENERATE_FIELDS: dict[str, tuple[type, ...]] = {
     "prompt": (str,),
     "negative_prompt": (str,),
@@ -31,6 +32,8 @@ GENERATE_FIELDS: dict[str, tuple[type, ...]] = {
     "clip_skip": (int,),
     "max_token_length": (int,),
 }
+SET_BY_GRID = ("prompt", "seed", "batch_count", "batch_size")  # a grid's own fields or one each
+GRID_OPTIONS = tuple(key for key in GENERATE_FIELDS if key not in SET_BY_GRID)
 
 
 class RequestError(TiError):
@@ -135,13 +138,7 @@ class Worker:
 
         generator = self._generator()
         outdir = _field(request, "outdir", str)
-        options = {key: request[key] for key in GENERATE_FIELDS if key in request}
-        for key, value in options.items():
-            if not isinstance(value, GENERATE_FIELDS[key]) or isinstance(value, bool):
-                raise RequestError(f"{key} = {value!r} has the wrong type", _generate_hint())
-        unknown = set(request) - set(GENERATE_FIELDS) - {"id", "op", "outdir"}
-        if unknown:
-            raise RequestError(f"unknown field(s) {', '.join(sorted(unknown))}", _generate_hint())
+        options = _options(request, GENERATE_FIELDS, {"outdir"}, _generate_hint())
         if "prompt" not in options:
             raise RequestError("generate needs a prompt", _generate_hint())
         results = generator.generate(**options)
@@ -162,6 +159,57 @@ class Worker:
         generator = self.generator
         report = inspect_embedding(path, generator.vocabularies(), generator.loaded.describe())
         return {"report": report}
+
+    def op_list_checkpoints(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A run's embedding files, its base model (load_model's fields) and trigger word;
+        needs no model loaded. model is null when the run folder has no config.toml."""
+        from ti_core.compare_grid import run_checkpoints, run_model, run_trigger
+
+        run = _field(request, "run", str)
+        checkpoints = [checkpoint.to_dict() for checkpoint in run_checkpoints(run)]
+        try:
+            model = run_model(run)
+        except TiError:
+            model = None
+        return {"checkpoints": checkpoints, "model": model, "trigger": run_trigger(run)}
+
+    def op_compare_grid(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One PNG grid: a row per checkpoint, a column per seed. width/height are the grid's
+        pixel size; cell_width/cell_height one image's. Loaded embeddings stay loaded."""
+        from ti_core.compare_grid import compare_grid, save_grid
+
+        generator = self._generator()
+        required = {"checkpoints": list, "seeds": list, "prompt": str, "trigger": str}
+        values = {
+            key: _field(request, key, kind) for key, kind in {**required, "outdir": str}.items()
+        }
+        fields = {key: GENERATE_FIELDS[key] for key in GRID_OPTIONS}
+        options = _options(request, fields, set(values), _grid_hint())
+        if not all(isinstance(path, str) for path in values["checkpoints"]):
+            raise RequestError("checkpoints must be a list of file paths", _grid_hint())
+        result = compare_grid(generator, **{k: values[k] for k in required}, **options)
+        path = save_grid(result, values["outdir"])
+        return {
+            "grid": str(path),
+            "rows": result.rows,
+            "columns": result.columns,
+            "width": result.image.width,
+            "height": result.image.height,
+            "cell_width": result.cell_width,
+            "cell_height": result.cell_height,
+            "warnings": result.warnings,
+        }
+
+    def op_convert(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Rewrite an embedding file as kohya, a1111 or diffusers (an SDXL diffusers pair is
+        two files: path is the first, paths both)."""
+        from ti_core.embedding_writers import WRITE_FORMATS, convert_embedding
+
+        path, to = _field(request, "path", str), _field(request, "to", str)
+        if to not in WRITE_FORMATS:
+            raise RequestError(f"to = {to!r}", f"to is one of {', '.join(WRITE_FORMATS)}")
+        written = convert_embedding(path, to, _field(request, "out", str, "") or None)
+        return {"path": str(written[0]), "paths": [str(p) for p in written]}
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -185,27 +233,57 @@ class Worker:
 def _field(request: dict[str, Any], key: str, kind: type, default: Any = ...) -> Any:
     if key not in request:
         if default is ...:
-            raise RequestError(f"{request.get('op')} needs the field {key!r}", _hint(key))
+            raise RequestError(
+                f"{request.get('op')} needs the field {key!r}", _hint(key, request.get("op"))
+            )
         return default
     value = request[key]
     if not isinstance(value, kind):
-        raise RequestError(f"{key} must be a {kind.__name__}, got {value!r}", _hint(key))
+        raise RequestError(
+            f"{key} must be a {kind.__name__}, got {value!r}", _hint(key, request.get("op"))
+        )
     return value
 
 
-def _hint(key: str) -> str:
+def _options(
+    request: dict[str, Any], fields: dict[str, tuple[type, ...]], other: set[str], hint: str
+) -> dict[str, Any]:
+    """The request's optional fields, type-checked; any field not known is refused."""
+    options = {key: request[key] for key in fields if key in request}
+    for key, value in options.items():
+        if not isinstance(value, fields[key]) or isinstance(value, bool):
+            raise RequestError(f"{key} = {value!r} has the wrong type", hint)
+    unknown = set(request) - set(fields) - other - {"id", "op"}
+    if unknown:
+        raise RequestError(f"unknown field(s) {', '.join(sorted(unknown))}", hint)
+    return options
+
+
+def _hint(key: str, op: Any = None) -> str:
     examples = {
         "model": '{"op": "load_model", "model": "demo:sd1"}',
         "paths": '{"op": "load_embeddings", "paths": ["a.safetensors"]}',
         "trigger": '{"op": "remove_embedding", "trigger": "mychar"}',
         "outdir": '{"op": "generate", "prompt": "...", "outdir": "out"}',
         "path": '{"op": "inspect", "path": "a.safetensors"}',
+        "run": '{"op": "list_checkpoints", "run": "runs/demo"}',
+        "to": '{"op": "convert", "path": "a.safetensors", "to": "a1111"}',
     }
+    if op == "compare_grid":
+        return _grid_hint()
     return f"e.g. {examples[key]}" if key in examples else f"check the field {key!r}"
 
 
 def _generate_hint() -> str:
     return f"generate takes outdir and {', '.join(GENERATE_FIELDS)}"
+
+
+def _grid_hint() -> str:
+    return (
+        'e.g. {"op": "compare_grid", "checkpoints": ["a.safetensors"], "seeds": [1, 2], '
+        '"prompt": "a photo of NAME", "trigger": "NAME", "outdir": "out"}; optional: '
+        + ", ".join(GRID_OPTIONS)
+    )
 
 
 def _failure(request_id: Any, error: str, hint: str) -> dict[str, Any]:
