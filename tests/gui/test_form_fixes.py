@@ -98,3 +98,52 @@ def test_ready_checks_pass_the_demo_and_hub_ids():
         "weights",
         "train_data_dir",
     }
+
+
+def by_id(app, elem_id: str):
+    return next(block for block in app.blocks.values() if getattr(block, "elem_id", "") == elem_id)
+
+
+def test_dataset_fixes_add_the_token_then_undo_puts_the_captions_back(app, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "train" / "4_toy"
+    folder.mkdir(parents=True)
+    captions = {"a": "demotoy on a table", "b": "a red toy", "c": "1girl, smiling"}
+    for shade, (stem, caption) in enumerate(captions.items()):
+        Image.new("RGB", (64, 64), (200, 90, 30 * shade)).save(folder / f"{stem}.png")
+        (folder / f"{stem}.txt").write_text(caption)
+    Image.new("RGB", (64, 64), (20, 90, 30)).save(folder / "d.png")  # no caption file
+    data = form_data(
+        app,
+        train_data_dir=str(tmp_path / "train"),
+        caption_extension=".txt",
+        use_object_template=False,  # the demo trains on templates: captions would not count
+    )
+    check = next(b for b in app.fns.values() if b.fn.__name__ == "check_dataset")
+    plan_state = next(c for c in check.inputs if c not in app.ti_form.widgets.values())
+    add, new, undo = (by_id(app, f"fix-{name}") for name in ("add-token", "new-files", "undo"))
+    fixes, report = by_id(app, "dataset-fixes"), by_id(app, "dataset-report")
+
+    out = handler(app, "check_dataset")({**data, plan_state: None})
+    assert "The data has errors" in out[report]
+    assert out[add]["value"] == "Add demotoy to these 2 captions" and out[add]["visible"]
+    assert out[new]["value"] == "Write a caption file with demotoy for these 1 images"
+    assert "b.txt" in out[fixes] and "a.txt" not in out[fixes] and not out[undo]["visible"]
+
+    out = handler(app, "apply_fix_add_token")({**data, plan_state: out[plan_state]})
+    assert (folder / "b.txt").read_text() == "demotoy, a red toy"
+    assert (folder / "c.txt").read_text() == "demotoy, 1girl, smiling"
+    assert (folder / "a.txt").read_text() == "demotoy on a table"
+    assert "**Done:** 2 captions" in out[fixes] and not out[add]["visible"]  # re-checked
+    assert out[undo]["visible"] and out[new]["visible"]
+
+    out = handler(app, "apply_fix_new_caption_file")({**data, plan_state: out[plan_state]})
+    assert (folder / "d.txt").read_text() == "demotoy, toy\n"
+    assert "Ready to train" in out[report] and not out[new]["visible"]
+
+    out = handler(app, "undo_fix")({**data, plan_state: out[plan_state]})  # the newest fix
+    assert not (folder / "d.txt").exists() and "Undone" in out[fixes]
+    out = handler(app, "undo_fix")({**data, plan_state: out[plan_state]})
+    assert {stem: (folder / f"{stem}.txt").read_text() for stem in captions} == captions
+    assert not out[undo]["visible"] and out[add]["visible"]
