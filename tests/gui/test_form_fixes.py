@@ -147,3 +147,50 @@ def test_dataset_fixes_add_the_token_then_undo_puts_the_captions_back(app, tmp_p
     out = handler(app, "undo_fix")({**data, plan_state: out[plan_state]})
     assert {stem: (folder / f"{stem}.txt").read_text() for stem in captions} == captions
     assert not out[undo]["visible"] and out[add]["visible"]
+
+
+def picker_fn(app, fn_name: str, option: str):
+    """The path picker handler `fn_name` of one option (found by the textbox it fills)."""
+    textbox = app.ti_form[option]
+    for block in app.fns.values():
+        if block.fn.__name__ == fn_name and (textbox in block.outputs or textbox in block.inputs):
+            return block.fn
+    raise LookupError(fn_name, option)
+
+
+def test_every_path_option_has_a_browse_button_that_fills_its_textbox(app, tmp_path):
+    from ti_gui.path_picker import FOLDER_MARK, PATH_FIELDS, UP
+
+    for name in PATH_FIELDS:
+        assert by_id(app, f"browse-{name}").value.startswith("Browse")
+    models = tmp_path / "models"
+    (models / "sd15").mkdir(parents=True)
+    (models / "sd15" / "v1-5.safetensors").write_bytes(b"")
+    (models / "notes.txt").write_text("")
+
+    panel, where, entries, folder = picker_fn(app, "open_panel", "pretrained_model_name_or_path")(
+        str(models / "missing.safetensors")  # a path not there: start in its nearest folder
+    )
+    assert panel["visible"] and str(models) in where and folder == str(models)
+    assert entries["choices"] == [UP, FOLDER_MARK + "sd15"]  # .txt is no model file
+
+    pick = picker_fn(app, "pick", "pretrained_model_name_or_path")
+    value, panel, where, entries, folder = pick(FOLDER_MARK + "sd15", folder)
+    assert entries["choices"] == [UP, "v1-5.safetensors"] and panel["visible"]
+    value, panel, *_ = pick("v1-5.safetensors", folder)
+    assert value == str(models / "sd15" / "v1-5.safetensors") and not panel["visible"]
+
+    open_data = picker_fn(app, "open_panel", "train_data_dir")
+    _, _, entries, folder = open_data(str(models / "sd15"))
+    assert entries["choices"] == [UP]  # folders only
+    value, panel = picker_fn(app, "use_folder", "train_data_dir")(folder)
+    assert value == str(models / "sd15") and not panel["visible"]
+
+
+def test_a_picked_path_updates_the_config_like_typing(app):
+    from ti_gui.path_picker import PATH_FIELDS
+
+    changed = next(b for b in app.fns.values() if b.fn.__name__ == "form_changed")
+    triggers = {(target[0], target[1]) for target in changed.targets}
+    for name in PATH_FIELDS:  # Browse sets the value from the server: only .change fires
+        assert (app.ti_form[name]._id, "change") in triggers, name

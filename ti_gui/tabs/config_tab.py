@@ -13,6 +13,7 @@ from ti_core.config import Config
 from ti_core.config_io import config_from_toml, config_to_command, config_to_toml, load_config
 from ti_core.errors import TiError
 from ti_gui.fields import Form, FormResult, check_ready
+from ti_gui.path_picker import PATH_FIELDS
 from ti_gui.tabs.model_tab import describe_model
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
@@ -125,8 +126,14 @@ def wire(tab: ConfigTab, form: Form, form_status: gr.Markdown) -> None:
     )
     tab.apply.click(apply_toml, inputs=tab.toml, outputs=everything, api_visibility="private")
     tab.check.click(check_config, inputs=tab.toml, outputs=[tab.status, tab.command])
+    # Typing fires .input; a path picked with Browse changes the textbox from the server, which
+    # fires only .change (path fields listen to that, as typing fires it too).
+    triggers = [
+        widget.change if name in PATH_FIELDS else widget.input
+        for name, widget in form.widgets.items()
+    ]
     gr.on(
-        [widget.input for widget in form.widgets.values()],
+        triggers,
         form_changed,
         inputs=form.inputs() | {tab.invalid},
         outputs=[tab.toml, *everything],

@@ -28,6 +28,7 @@ from ti_core.data.caption_fix import (
 )
 from ti_core.errors import TiError
 from ti_gui.fields import Form
+from ti_gui.path_picker import add_path_field
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CHECK_TIMEOUT_S = 300
@@ -135,8 +136,8 @@ def problem_text(problem: Any) -> str:
 
 def build(form: Form) -> DatasetTab:
     with gr.Row():
-        form.add("train_data_dir")
-        form.add("dataset_config")
+        add_path_field(form, "train_data_dir")
+        add_path_field(form, "dataset_config")
     with gr.Row():
         form.add("resolution")
         form.add("train_batch_size")
@@ -153,6 +154,7 @@ def build(form: Form) -> DatasetTab:
         form.add("use_style_template")
         form.add("add_missing_token")
     with gr.Accordion("Captions and more dataset options", open=False):
+        add_path_field(form, "reg_data_dir")
         form.add_rest("dataset")
     check = gr.Button("Check dataset")
     report = gr.Markdown(elem_id="dataset-report")

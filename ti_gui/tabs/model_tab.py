@@ -10,6 +10,7 @@ import gradio as gr
 from ti_core.checkpoint_info import classify_keys, folder_info, read_safetensors_header
 from ti_core.errors import TiError
 from ti_gui.fields import Form
+from ti_gui.path_picker import add_path_field
 
 
 @dataclass
@@ -45,7 +46,7 @@ def show_detected(name: str) -> str:
 
 
 def build(form: Form) -> ModelTab:
-    form.add("pretrained_model_name_or_path")
+    add_path_field(form, "pretrained_model_name_or_path")
     detected = gr.Markdown(
         show_detected(str(form.initial.model.pretrained_model_name_or_path)),
         elem_id="model-detected",
@@ -54,7 +55,7 @@ def build(form: Form) -> ModelTab:
         form.add("v2")
         form.add("v_parameterization")
         form.add("clip_skip")
-    form.add("vae")
+    add_path_field(form, "vae")
     with gr.Accordion("More model options", open=False):
         form.add_rest("model")
     return ModelTab(detected)

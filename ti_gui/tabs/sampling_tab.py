@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from ti_gui.fields import Form
+from ti_gui.path_picker import add_path_field
 
 
 @dataclass
@@ -16,7 +17,7 @@ class SamplingTab:
 
 def build(form: Form) -> SamplingTab:
     with gr.Row():
-        form.add("output_dir")
+        add_path_field(form, "output_dir")
         form.add("output_name")
     with gr.Row():
         form.add("save_every_n_steps")
@@ -38,6 +39,7 @@ def build(form: Form) -> SamplingTab:
         form.add("sample_every_n_epochs")
         form.add("sample_at_first")
         form.add("sample_sampler")
+    add_path_field(form, "sample_prompts")
     form.add_rest("sampling")
     return SamplingTab(prompts)
 

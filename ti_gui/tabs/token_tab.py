@@ -10,6 +10,7 @@ import gradio as gr
 
 from ti_core.token_preview import TOKEN_BUDGETS, preview
 from ti_gui.fields import Form
+from ti_gui.path_picker import add_path_field
 
 DEFAULT_CAPTION = "a photo of {token}, close-up"
 
@@ -56,7 +57,7 @@ def build(form: Form) -> TokenTab:
         form.add("token_string")
         form.add("init_word")
         form.add("num_vectors_per_token")
-    form.add("weights")
+    add_path_field(form, "weights")
     form.add_rest("token")
     caption = gr.Textbox(
         DEFAULT_CAPTION,
