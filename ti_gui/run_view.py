@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from ti_gui.supervisor import CONSOLE_LOG, RunState, tail
+from ti_gui.supervisor import CONSOLE_LOG, RunState, saved_state, tail
 
 MAX_CHART_POINTS = 1500
 SMOOTHING = 0.9  # exponential moving average of the loss, as TensorBoard's slider
@@ -112,6 +112,25 @@ def gallery_items(state: RunState) -> list[tuple[Image.Image, str]]:
         except OSError:
             continue
     return items
+
+
+def resume_status(state: RunState, live: bool, another_running: bool) -> tuple[bool, str]:
+    """(Resume can be pressed, why or why not) for the run shown."""
+    if live:
+        return False, ""
+    if saved_state(state.folder) is None:
+        return False, (
+            "*Resume:* this run saved no resumable state. Turn on save_state (Sampling & saving "
+            "→ More saving options) to make runs resumable."
+        )
+    if another_running:
+        return False, "*Resume:* another run is training; stop it first."
+    if state.done and state.done.get("reason") == "finished":
+        return True, (
+            "*Resume* continues from its saved state; this run finished all its steps, so it "
+            "ends at once unless you raise max_train_steps in its config.toml."
+        )
+    return True, "*Resume* continues this run from its saved state, with its own config.toml."
 
 
 def checkpoints_markdown(state: RunState) -> str:

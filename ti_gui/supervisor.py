@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from ti_core.config import Config
-from ti_core.config_io import config_to_toml, write_text_atomic
+from ti_core.config_io import config_to_toml, load_config, write_text_atomic
 from ti_core.errors import TiError
 from ti_core.run_folder import FLAGS, read_new_events
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONSOLE_LOG = "console.log"  # the child's stdout/stderr: errors before train.log exists
 PROMPTS_FILE = "sample_prompts.txt"
+STATE_DIR, STATE_FILE = "state", "state.pt"  # where ti_core.train_outputs saves resumable state
 STOP_GRACE_S = 10.0
 KILL_AFTER_S = 5.0
 
@@ -143,6 +144,20 @@ class Supervisor:
             self.stop_pending = self.signalled = False
             return folder
 
+    def resume(self, folder: str | Path) -> Path:
+        """Start the run of `folder` again from its saved state, with the config it ran with
+        (its config.toml) and `resume` pointed at its state/ folder."""
+        folder = Path(folder).resolve()
+        state = saved_state(folder)
+        if state is None:
+            raise RunError(
+                f"{folder} has no saved state ({STATE_DIR}/{STATE_FILE}); a run saves one "
+                "when save_state is on."
+            )
+        config = load_config(folder / "config.toml")
+        config.saving.output_dir, config.saving.resume = str(folder), str(state)
+        return self.start(config)
+
     # ---- looking --------------------------------------------------------------------------
 
     def state(self, folder: str | Path) -> RunState:
@@ -224,6 +239,12 @@ class Supervisor:
         with self._lock:
             if self.is_running() and self.process is not None:
                 self._terminate(self.process)
+
+
+def saved_state(folder: str | Path) -> Path | None:
+    """The run folder's resumable state folder, when the run saved one."""
+    state = Path(folder) / STATE_DIR
+    return state if (state / STATE_FILE).is_file() else None
 
 
 def _signal_group(group: int, signum: int) -> None:

@@ -3,6 +3,7 @@ model, the run folder's events come back, Stop ends the run cleanly, a failed st
 
 from __future__ import annotations
 
+import json
 import time
 import tomllib
 from pathlib import Path
@@ -77,3 +78,44 @@ def test_a_run_that_cannot_start_says_why(training_gui, tmp_path):
     assert "without finishing" in ended["headline"]
     assert str(tmp_path / "none") in ended["messages"]  # the engine's own message, not a traceback
     assert "Traceback" not in ended["messages"]
+
+
+def test_resume_continues_a_stopped_run_from_its_saved_state(training_gui, tmp_path):
+    client = Client(training_gui, verbose=False)
+    config = demo_config(
+        client,
+        tmp_path / "resumable",
+        training={"max_train_steps": 300},
+        saving={"save_every_n_steps": 5, "save_state": True},
+        sampling={"sample_every_n_steps": 0},
+    )
+    folder = client.predict(config, "", api_name="/start_run")
+    wait_for(client, folder, lambda s: s["step"] >= 6)
+    client.predict(api_name="/stop_run")
+    stopped = wait_for(client, folder, lambda s: s["done_reason"] and not s["live"], timeout=60)
+    assert (Path(folder) / "state" / "state.pt").is_file()
+
+    assert client.predict(folder, api_name="/resume_run") == folder
+    saved = load_config(Path(folder) / "config.toml")
+    assert saved.saving.resume == str(Path(folder) / "state")
+    resumed = wait_for(client, folder, lambda s: s["live"] and s["step"] > stopped["step"])
+    assert resumed["total_steps"] == 300
+    events = [json.loads(line) for line in (Path(folder) / "events.jsonl").open()]
+    loads = [i for i, e in enumerate(events) if e.get("phase") == "loading"]
+    first_after = next(e for e in events[loads[-1] :] if e["type"] == "step")
+    assert first_after["step"] == stopped["step"] + 1  # picked up where the state was saved
+    client.predict(api_name="/stop_run")
+    wait_for(client, folder, lambda s: s["done_reason"] == "stopped" and not s["live"])
+
+
+def test_resume_is_off_with_a_reason_without_saved_state(tmp_path):
+    from ti_gui.run_view import resume_status
+    from ti_gui.supervisor import RunState
+
+    state = RunState(tmp_path)
+    assert resume_status(state, live=False, another_running=False)[0] is False
+    assert "save_state" in resume_status(state, live=False, another_running=False)[1]
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "state.pt").write_bytes(b"x")
+    assert resume_status(state, live=False, another_running=False)[0] is True
+    assert resume_status(state, live=False, another_running=True)[0] is False

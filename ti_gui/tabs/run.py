@@ -13,7 +13,7 @@ from ti_core.config_io import config_from_toml
 from ti_core.errors import TiError
 from ti_gui import run_view
 from ti_gui.fields import VALID_MESSAGE, Form
-from ti_gui.supervisor import SUPERVISOR, list_runs
+from ti_gui.supervisor import SUPERVISOR, list_runs, saved_state
 
 POLL_S = 1.0
 MAX_TOASTS = 3
@@ -25,6 +25,8 @@ class RunTab:
     stop: gr.Button
     save_now: gr.Button
     sample_now: gr.Button
+    resume: gr.Button
+    resume_note: gr.Markdown
     message: gr.Markdown
     progress: gr.Markdown
     loss: gr.LinePlot
@@ -49,6 +51,8 @@ def build(form: Form) -> RunTab:
         stop = gr.Button("Stop", variant="stop", elem_id="stop-button")
         save_now = gr.Button("Save now")
         sample_now = gr.Button("Sample now")
+        resume = gr.Button("Resume", interactive=False, elem_id="resume-button")
+    resume_note = gr.Markdown(elem_id="resume-note")
     message = gr.Markdown(elem_id="run-message")
     progress = gr.Markdown("### No run yet", elem_id="run-progress")
     with gr.Row():
@@ -69,8 +73,8 @@ def build(form: Form) -> RunTab:
         shown = gr.Dropdown([], label="Run shown", allow_custom_value=True, elem_id="run-shown")
         refresh = gr.Button("Refresh list")
     return RunTab(
-        train, stop, save_now, sample_now, message, progress, loss, gallery, checkpoints,
-        messages, log, runs_root, shown, refresh, gr.Timer(POLL_S), gr.State({}),
+        train, stop, save_now, sample_now, resume, resume_note, message, progress, loss, gallery,
+        checkpoints, messages, log, runs_root, shown, refresh, gr.Timer(POLL_S), gr.State({}),
     )  # fmt: skip
 
 
@@ -85,7 +89,8 @@ def run_choices(root: str, *extra: Path | None) -> list[str]:
 def wire(
     tab: RunTab, form: Form, sample_prompts: gr.Textbox, form_status: gr.Markdown, app: gr.Blocks
 ) -> None:
-    views = [tab.progress, tab.loss, tab.gallery, tab.checkpoints, tab.messages, tab.log]
+    views = [tab.progress, tab.loss, tab.gallery, tab.checkpoints, tab.messages, tab.log,
+             tab.resume, tab.resume_note]  # fmt: skip
 
     def draw(folder: str, seen: dict) -> dict[Any, Any]:
         if not folder:
@@ -94,7 +99,9 @@ def wire(
         live, code = SUPERVISOR.is_live(folder), SUPERVISOR.exit_code(folder)
         log_path = Path(folder) / "train.log"
         log_size = log_path.stat().st_size if log_path.exists() else 0
-        key = [folder, state.events, state.offset, log_size, live, code]
+        running = SUPERVISOR.is_running()
+        has_state = saved_state(folder) is not None
+        key = [folder, state.events, state.offset, log_size, live, code, running, has_state]
         if seen.get("key") == key:
             return {tab.seen: seen}
         same_folder = seen.get("folder") == folder
@@ -110,6 +117,9 @@ def wire(
             tab.messages: run_view.messages_markdown(state, code),
             tab.log: run_view.log_text(Path(folder)),
         }  # fmt: skip
+        can_resume, why = run_view.resume_status(state, live, running)
+        out[tab.resume] = gr.update(interactive=can_resume)
+        out[tab.resume_note] = why
         if not (same_folder and seen.get("losses") == len(state.losses)):
             out[tab.loss] = run_view.loss_frame(state)
         if not (same_folder and seen.get("samples") == len(state.samples)):
@@ -129,6 +139,19 @@ def wire(
             tab.message: f"Started a run in `{folder}`.",
             tab.shown: gr.update(choices=choices, value=str(folder)),
             form_status: VALID_MESSAGE,
+        }
+
+    def resume(folder: str, root: str) -> dict[Any, Any]:
+        """Start the shown run again from its saved state (its own config.toml; the form is
+        left as it is, so a later Train does not resume by surprise)."""
+        try:
+            started = SUPERVISOR.resume(folder)
+        except TiError as error:
+            return {tab.message: f"**Cannot resume:** {error}"}
+        return {
+            tab.message: f"Resumed the run in `{started}` from its saved state.",
+            tab.shown: gr.update(choices=run_choices(root, started), value=str(started)),
+            tab.seen: {},
         }
 
     def act(action) -> str:
@@ -157,6 +180,10 @@ def wire(
         train_enabled, inputs=form_status, outputs=tab.train, show_progress="hidden", **private
     )
     tab.stop.click(lambda: act(SUPERVISOR.stop), outputs=tab.message, **private)
+    tab.resume.click(
+        resume, inputs=[tab.shown, tab.runs_root], outputs=[tab.message, tab.shown, tab.seen],
+        **private,
+    )  # fmt: skip
     tab.save_now.click(
         lambda: act(lambda: SUPERVISOR.request("SAVE_NOW")), outputs=tab.message, **private
     )
@@ -205,6 +232,13 @@ def add_api() -> None:
         except TiError as error:
             raise gr.Error(str(error)) from None
 
+    def resume_run(folder: str) -> str:
+        """Press Resume on the run in `folder`; returns the run folder."""
+        try:
+            return str(SUPERVISOR.resume(folder))
+        except TiError as error:
+            raise gr.Error(str(error)) from None
+
     def request_run(flag: str) -> str:
         """SAVE_NOW or SAMPLE_NOW."""
         try:
@@ -212,5 +246,5 @@ def add_api() -> None:
         except (TiError, ValueError) as error:
             raise gr.Error(str(error)) from None
 
-    for function in (start_run, run_snapshot, stop_run, request_run):
+    for function in (start_run, run_snapshot, stop_run, request_run, resume_run):
         gr.api(function, api_name=function.__name__)
