@@ -1,14 +1,17 @@
 """Starts one training run as a child process and follows its run folder.
 
 State lives here, in the GUI process, not in a browser session: a reloaded page reattaches to
-the running run. The run is only ever asked to act through the run folder's flag files
-(ARCHITECTURE.md, "Control flags"); a second Stop after STOP_GRACE_S ends its process group.
+the running run. The child's pid is written into its run folder (train.pid), so a GUI started
+again after a crash finds a run that still trains and adopts it (`reattach`). The run is only
+ever asked to act through the run folder's flag files (ARCHITECTURE.md, "Control flags"); a
+second Stop after STOP_GRACE_S ends its process group.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +30,8 @@ from ti_core.run_folder import FLAGS, read_new_events
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONSOLE_LOG = "console.log"  # the child's stdout/stderr: errors before train.log exists
 PROMPTS_FILE = "sample_prompts.txt"
+PID_FILE = "train.pid"  # {"pid": ..., "config": ...} of the training child the GUI started
+REATTACH_RUNS = 10  # newest run folders looked at for a run that outlived its GUI
 STATE_DIR, STATE_FILE = "state", "state.pt"  # where ti_core.train_outputs saves resumable state
 STOP_GRACE_S = 10.0
 KILL_AFTER_S = 5.0
@@ -93,7 +98,7 @@ class Supervisor:
 
     def __init__(self, python: str = sys.executable) -> None:
         self.python = python
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | AdoptedProcess | None = None
         self.folder: Path | None = None  # the folder of the last run started here
         self.stop_pressed_at: float | None = None
         self.stop_pending = False  # Stop before the run's first event: flag it once it starts
@@ -140,9 +145,28 @@ class Supervisor:
                     env=env,
                     start_new_session=True,  # its own process group: Stop can end all of it
                 )
+            record = {"pid": self.process.pid, "config": str(config_path)}
+            write_text_atomic(folder / PID_FILE, json.dumps(record) + "\n")
             self.folder, self.stop_pressed_at = folder, None
             self.stop_pending = self.signalled = False
             return folder
+
+    def reattach(self, root: str | Path, *folders: str | Path) -> Path | None:
+        """Adopt a run that a GUI before this one started and that still trains (that GUI
+        crashed or was killed): `folders`, then the newest run folders in `root`. Returns its
+        folder; None when there is none or this GUI runs one already."""
+        with self._lock:
+            if self.is_running():
+                return None
+            candidates = [Path(folder) for folder in folders] + list_runs(root)[:REATTACH_RUNS]
+            for folder in candidates:
+                process = AdoptedProcess.from_run_folder(folder)
+                if process is not None:
+                    folder = folder.resolve()
+                    self.process, self.folder, self.stop_pressed_at = process, folder, None
+                    self.stop_pending = self.signalled = False
+                    return folder
+            return None
 
     def resume(self, folder: str | Path) -> Path:
         """Start the run of `folder` again from its saved state, with the config it ran with
@@ -176,6 +200,8 @@ class Supervisor:
         with self._lock:
             if self.process is None or Path(folder).resolve() != self.folder:
                 return None
+            if isinstance(self.process, AdoptedProcess):
+                return None  # not our child: its exit code is its first GUI's to know
             return self.process.poll()
 
     def is_live(self, folder: str | Path) -> bool:
@@ -218,7 +244,7 @@ class Supervisor:
             self._terminate(self.process)
             return "Ending the training process now (steps since the last save are lost)."
 
-    def _terminate(self, process: subprocess.Popen) -> None:
+    def _terminate(self, process: subprocess.Popen | AdoptedProcess) -> None:
         self.signalled = True
         group = process.pid  # start_new_session: the group id is the child's pid
         for _ in range(2):  # the run takes the first SIGTERM as STOP, the second ends it
@@ -239,6 +265,67 @@ class Supervisor:
         with self._lock:
             if self.is_running() and self.process is not None:
                 self._terminate(self.process)
+
+
+class AdoptedProcess:
+    """A training child started by an earlier GUI, known by its pid: what Supervisor uses of
+    a Popen (pid, poll, wait). Alive while the pid runs `ti_core train` on the run's config."""
+
+    def __init__(self, pid: int, config_path: str) -> None:
+        self.pid, self.config_path = pid, config_path
+        self.returncode: int | None = None
+
+    @classmethod
+    def from_run_folder(cls, folder: str | Path) -> AdoptedProcess | None:
+        """The run folder's training child, when it still trains; else None."""
+        try:
+            record = json.loads((Path(folder) / PID_FILE).read_text(encoding="utf-8"))
+            process = cls(int(record["pid"]), str(record["config"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return process if process.poll() is None else None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not is_training_process(self.pid, self.config_path):
+            self.returncode = -1  # ended; how is not known here
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
+            time.sleep(0.1)
+        return self.returncode  # type: ignore[return-value]
+
+
+def is_training_process(pid: int, config_path: str) -> bool:
+    """Whether `pid` is alive and is `python -m ti_core train --config <config_path>` (a pid
+    the system gave to another program since is not)."""
+    words = command_line(pid)
+    return bool(words) and "ti_core" in words and "train" in words and config_path in words
+
+
+def command_line(pid: int) -> list[str]:
+    """The program and arguments of a running process ([] when it is gone or a zombie)."""
+    proc = Path(f"/proc/{pid}")
+    if proc.is_dir():  # Linux
+        try:
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return []
+            return [
+                w for w in (proc / "cmdline").read_bytes().decode(errors="replace").split("\0") if w
+            ]
+        except (OSError, IndexError):
+            return []
+    try:  # macOS and other Unix: ps (a path with spaces splits, so compare the whole line too)
+        done = subprocess.run(
+            ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    line = done.stdout.strip()
+    return [*line.split(), line] if line and "<defunct>" not in line else []
 
 
 def saved_state(folder: str | Path) -> Path | None:

@@ -161,7 +161,9 @@ def wire(
             return f"**{error}**"
 
     def attach(root: str) -> dict[Any, Any]:
-        """On page load: show the run this GUI runs (a reload reattaches), else the latest."""
+        """On page load: show the run this GUI runs (a reload reattaches; a run an earlier GUI
+        started and that still trains is adopted), else the latest."""
+        SUPERVISOR.reattach(root)
         choices = run_choices(root, SUPERVISOR.folder)
         value = str(SUPERVISOR.folder) if SUPERVISOR.folder else (choices[0] if choices else None)
         return {tab.shown: gr.update(choices=choices, value=value), tab.seen: {}}
@@ -222,6 +224,7 @@ def add_api() -> None:
 
     def run_snapshot(folder: str) -> dict:
         """The run in `folder` as data: step, total_steps, checkpoints, done, messages, ..."""
+        SUPERVISOR.reattach(Path(folder).parent, folder)  # a run an earlier GUI started
         state = SUPERVISOR.state(folder)
         return run_view.snapshot(state, SUPERVISOR.is_live(folder), SUPERVISOR.exit_code(folder))
 
