@@ -1,0 +1,70 @@
+"""The Generate tab in a real browser (Debian chromium driven by Playwright): load demo:sd1,
+type a prompt, press Generate, see the image with its settings in the gallery."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT = ROOT / "docs" / "generate-tab.png"
+
+
+@pytest.fixture(scope="module")
+def page():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which(CHROMIUM):
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(120_000)
+        yield page
+        browser.close()
+
+
+def fill(page, elem_id: str, value: str) -> None:
+    page.locator(f"#{elem_id}").locator("input, textarea").first.fill(value)
+
+
+def test_generate_one_image_in_a_browser(gui_url, page, tmp_path):
+    page.goto(gui_url)
+    # Keep the images out of the project's runs/: the Run tab's runs folder decides where.
+    page.get_by_role("tab", name="Run").click()
+    page.get_by_text("Past runs").click()
+    page.get_by_label("Runs folder").fill(str(tmp_path))
+
+    page.get_by_role("tab", name="Generate").click()
+    fill(page, "generate-model", "demo:sd1")
+    page.locator("#generate-load").click()
+    page.wait_for_function(
+        "() => /Loaded:.*demo:sd1/.test(document.querySelector('#generate-model-status').innerText)"
+    )
+    fill(page, "generate-prompt", "a photo of a red cube")
+    page.locator("#generate-prompt").locator("textarea").first.press("Tab")
+    page.wait_for_function("() => /tokens used/.test(document.body.innerText)")
+    for elem_id, value in (("generate-width", "64"), ("generate-height", "64")):
+        fill(page, elem_id, value)
+    fill(page, "generate-steps", "4")
+
+    started = time.monotonic()
+    page.locator("#generate-button").click()
+    page.locator("#generate-gallery img").first.wait_for()
+    seconds = time.monotonic() - started
+    print(f"Generate click to image shown: {seconds:.1f} s")
+
+    shown = page.locator("#generate-gallery").inner_text()
+    assert "Error" not in page.locator("#generate-messages").inner_text()
+    saved = list((tmp_path / "generated").glob("*.png"))
+    assert len(saved) == 1
+    page.locator("#generate-gallery img").first.click()  # the caption shows under the image
+    caption = page.locator("#generate-gallery").inner_text()
+    assert "4 steps" in shown + caption and "64x64" in shown + caption
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
