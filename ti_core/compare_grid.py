@@ -211,9 +211,7 @@ def compare_grid(
         generator.remove_embedding(trigger)
     cells: list[list[tuple[Any, dict[str, Any]]]] = []
     try:
-        for row in rows:  # every file must fit the model before the first image is made
-            _load(generator, row.path, trigger)
-            generator.remove_embedding(trigger)
+        _check_fits(generator, rows, trigger)
         for number, row in enumerate(rows, 1):
             log.info("grid row %d/%d: %s (%s)", number, len(rows), row.label, row.path.name)
             _load(generator, row.path, trigger)
@@ -312,6 +310,16 @@ def _check_grid(rows: list[Checkpoint], seeds: list[int], trigger: str) -> None:
         )
     if not trigger.strip():
         raise ConfigError("no trigger word: give the word the prompt uses for the embedding.")
+
+
+def _check_fits(generator: Any, rows: list[Checkpoint], trigger: str) -> None:
+    """Every file must fit the model before the first image is made. Only reads the files
+    (loading each would rebuild the tokenizers twice); a misfit gets the Generator's message."""
+    from ti_core.embedding_writers import read_with_second_encoder
+
+    for row in rows:
+        if read_with_second_encoder(row.path)[0].widths != generator.widths:
+            _load(generator, row.path, trigger)
 
 
 def _load(generator: Any, path: Path, trigger: str) -> None:
