@@ -176,7 +176,7 @@ def test_worker_ops_list_compare_convert_and_survive_bad_grids(run, tmp_path):
     xl_vectors = [torch.randn(1, 32), torch.randn(1, 64)]
     (sdxl,) = save_embedding(tmp_path / "xltoy", xl_vectors, token_string="xltoy", family="sdxl")
     grid = {"op": "compare_grid", "seeds": [1, 2], "prompt": PROMPT, "trigger": "demotoy"}
-    grid |= {"outdir": str(tmp_path / "grids"), **SMALL}
+    grid |= {"outdir": str(tmp_path / "grids"), **SMALL, "steps": 1}
     requests = [
         {"id": 1, "op": "list_checkpoints", "run": str(run)},
         {"id": 2, "op": "load_model", "model": "demo:sd1", "device": "cpu"},
@@ -187,7 +187,7 @@ def test_worker_ops_list_compare_convert_and_survive_bad_grids(run, tmp_path):
         {"id": 7, **grid, "checkpoints": [str(final)], "seed": 3},
         {"id": 8, "op": "compare_grid", "checkpoints": [str(final)], "seeds": [1]},
         {"id": 9, "op": "generate", "prompt": PROMPT, "outdir": str(tmp_path / "images"),
-         "seed": 1, **SMALL},
+         "seed": 1, **SMALL, "steps": 1},
         {"id": 10, "op": "convert", "path": str(final), "to": "a1111",
          "out": str(tmp_path / "a1111") + "/"},
         {"id": 11, "op": "convert", "path": str(final), "to": "webui"},
