@@ -68,3 +68,12 @@ def test_generate_one_image_in_a_browser(gui_url, page, tmp_path):
     assert "4 steps" in shown + caption and "64x64" in shown + caption
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # A bad file is a message in the tab, not a traceback; the loaded model stays.
+    page.get_by_label("Embedding file").first.fill(str(tmp_path / "missing.safetensors"))
+    page.get_by_role("button", name="Add embedding").click()
+    page.wait_for_function(
+        "() => /no such file/.test(document.querySelector('#generate-messages').innerText)"
+    )
+    assert "Traceback" not in page.locator("#generate-messages").inner_text()
+    assert "demo:sd1" in page.locator("#generate-model-status").inner_text()

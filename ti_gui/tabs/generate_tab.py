@@ -195,10 +195,15 @@ def wire(tab: GenerateTab, runs_root: gr.Textbox, app: gr.Blocks) -> None:
     def on_page_load(root: str) -> dict[Any, Any]:
         """A reloaded page shows what the worker holds; else the newest run's defaults."""
         if CLIENT.model_request is not None and CLIENT.state:
-            return show_state(CLIENT.state)
+            loaded = CLIENT.model_request
+            return {
+                **show_state(CLIENT.state), tab.model: loaded.get("model", ""),
+                tab.v2: bool(loaded.get("v2")),
+                tab.v_parameterization: bool(loaded.get("v_parameterization")),
+            }  # fmt: skip
         defaults = run_defaults(root, "")
-        if not defaults.model:
-            return {}
+        if not defaults.model:  # nothing to change (an empty dict would be one output value)
+            return {tab.model_status: model_markdown({})}
         return {
             tab.model: defaults.model, tab.v2: defaults.v2,
             tab.v_parameterization: defaults.v_parameterization,
