@@ -250,8 +250,9 @@ def wire(
     model: gr.Textbox,
     settings: dict[str, gr.components.Component],
     app: gr.Blocks,
-) -> None:
-    """`settings`: the Generate tab's widgets (width, steps, ...) the grid is made with."""
+) -> Any:
+    """`settings`: the Generate tab's widgets (width, steps, ...) the grid is made with.
+    Returns the Make grid event: the grid may load the run's model, the caller shows it."""
     private = {"api_visibility": "private"}
 
     def runs(root: str) -> Any:
@@ -293,7 +294,7 @@ def wire(
         outputs=[tab.checkpoints, tab.run_info, tab.grid_message, tab.prompt], **private,
     )  # fmt: skip
     inputs = {tab.checkpoints, tab.seeds, tab.prompt, tab.run_info, runs_root}
-    tab.make_grid.click(
+    grid_made = tab.make_grid.click(
         grid, inputs=inputs | set(settings.values()), outputs=[tab.grid_message, tab.grid],
         **private,
     )  # fmt: skip
@@ -305,3 +306,4 @@ def wire(
         lambda path, to: convert(CLIENT, path, to), inputs=[tab.inspect_path, tab.convert_to],
         outputs=tab.convert_message, **private,
     )  # fmt: skip
+    return grid_made

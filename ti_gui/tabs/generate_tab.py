@@ -239,9 +239,13 @@ def wire(tab: GenerateTab, runs_root: gr.Textbox, app: gr.Blocks) -> None:
         **private,
     )  # fmt: skip
     settings = ("negative_prompt", "width", "height", "steps", "scale", "sampler", "clip_skip")
-    embedding_tools_tab.wire(
+    grid_made = embedding_tools_tab.wire(
         tab.tools, runs_root, tab.model, {name: getattr(tab, name) for name in settings}, app
     )
+    grid_made.then(
+        lambda: show_state(CLIENT.state) or {tab.model_status: model_markdown({})},
+        outputs=listing, **private,
+    )  # fmt: skip
 
 
 GENERATE_WIDGETS = (
