@@ -58,6 +58,7 @@ def add_path_field(form: Form, name: str) -> PathPicker:
             entries = gr.Dropdown(
                 [], label=f"Pick a {kind}", info="A folder opens it; a file is used at once.",
                 elem_id=f"picker-entries-{name}",
+                allow_custom_value=True,  # its choices change per folder; choose() checks them
             )  # fmt: skip
             with gr.Row():
                 use_folder = gr.Button(
@@ -160,7 +161,7 @@ def wire(picker: PathPicker) -> None:
     picker.browse.click(
         open_panel, inputs=picker.textbox, outputs=[picker.panel, *parts], **private
     )
-    picker.entries.input(
+    picker.entries.select(  # once per choice (.input also fires when the box loses focus)
         pick,
         inputs=[picker.entries, picker.folder],
         outputs=[picker.textbox, picker.panel, *parts],
