@@ -53,10 +53,15 @@ def run_defaults(runs_root: str | Path, fallback_model: str = "") -> RunDefaults
     defaults.v2 = bool(model.get("v2", False))
     defaults.v_parameterization = bool(model.get("v_parameterization", False))
     defaults.vae = str(model.get("vae") or "")
-    defaults.clip_skip = int(model.get("clip_skip") or 1)
-    defaults.max_token_length = int(model.get("max_token_length") or 75)
+    defaults.clip_skip = _whole(model.get("clip_skip"), 1)
+    budget = _whole(model.get("max_token_length"), 75)
+    defaults.max_token_length = budget if budget in TOKEN_BUDGETS else 75
     defaults.embedding = final_embedding(folder)
     return defaults
+
+
+def _whole(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def final_embedding(folder: str | Path) -> str:

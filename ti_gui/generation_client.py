@@ -81,7 +81,14 @@ class GenerationClient:
         try:
             notices: list[str] = []
             if not self.is_alive():
-                notices = self._start()
+                try:
+                    notices = self._start()
+                except OSError as error:
+                    self.process = None
+                    return failure(
+                        f"cannot start the generation worker ({' '.join(self.command)}): {error}",
+                        "check that the project's Python environment is complete (launch.sh).",
+                    )
                 timeout += self.startup_s
             reply = self._exchange({"op": op, **fields}, timeout)
             self._remember(op, fields, reply)

@@ -108,6 +108,12 @@ def test_a_worker_that_dies_at_start_shows_its_log(tmp_path):
     assert "**Error:**" in markdown and "boom" in markdown
 
 
+def test_a_worker_that_cannot_start_is_a_message(tmp_path):
+    client = GenerationClient([str(tmp_path / "no-python")], log_path=tmp_path / "w.log")
+    reply = client.request("ping")
+    assert not reply["ok"] and "cannot start the generation worker" in reply["error"]
+
+
 def test_a_silent_worker_times_out(tmp_path):
     hang = "import time; time.sleep(60)"
     client = GenerationClient([sys.executable, "-c", hang], log_path=tmp_path / "w.log")

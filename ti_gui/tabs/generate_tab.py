@@ -40,6 +40,7 @@ class GenerateTab:
     model: gr.Textbox
     v2: gr.Checkbox
     v_parameterization: gr.Checkbox
+    vae: gr.Textbox
     load: gr.Button
     model_status: gr.Markdown
     embeddings: gr.Dataframe
@@ -84,6 +85,7 @@ def build(form: Form) -> GenerateTab:
         v_parameterization = gr.Checkbox(
             start.v_parameterization, label="v_parameterization", info="768-v models"
         )
+        vae = gr.Textbox(start.vae, label="VAE", info="Optional: a separate VAE file or folder.")
         load = gr.Button("Load model", elem_id="generate-load")
     model_status = gr.Markdown(model_markdown({}), elem_id="generate-model-status")
     with gr.Accordion("Embeddings", open=True):
@@ -129,7 +131,7 @@ def build(form: Form) -> GenerateTab:
     )
     tools = embedding_tools_tab.build(start.embedding)
     return GenerateTab(
-        model, v2, v_parameterization, load, model_status, embeddings, embedding_path,
+        model, v2, v_parameterization, vae, load, model_status, embeddings, embedding_path,
         embedding_trigger, add, remove_choice, remove, prompt, negative_prompt, preview, width,
         height, steps, scale, seed, batch_count, batch_size, sampler, clip_skip,
         max_token_length, generate_button, messages, gallery, gr.State([]), tools,
@@ -151,8 +153,8 @@ def wire(tab: GenerateTab, runs_root: gr.Textbox, app: gr.Blocks) -> None:
             tab.remove_choice: gr.update(choices=triggers, value=triggers[0] if triggers else None),
         }
 
-    def on_load(model: str, v2: bool, v_param: bool, first: str) -> dict[Any, Any]:
-        state, text = load_model(CLIENT, model, v2, v_param, first_embedding=first)
+    def on_load(model: str, v2: bool, v_param: bool, vae: str, first: str) -> dict[Any, Any]:
+        state, text = load_model(CLIENT, model, v2, v_param, vae, first_embedding=first)
         return {**show_state(state), tab.messages: text}
 
     def on_add(path: str, trigger: str) -> dict[Any, Any]:
@@ -171,7 +173,7 @@ def wire(tab: GenerateTab, runs_root: gr.Textbox, app: gr.Blocks) -> None:
         if CLIENT.model_request is None:  # Generate alone is enough: load what the boxes say
             state, loaded = load_model(
                 CLIENT, data[tab.model], data[tab.v2], data[tab.v_parameterization],
-                first_embedding=data[tab.embedding_path],
+                data[tab.vae], first_embedding=data[tab.embedding_path],
             )  # fmt: skip
             if not state:
                 return {tab.messages: loaded}
@@ -200,20 +202,22 @@ def wire(tab: GenerateTab, runs_root: gr.Textbox, app: gr.Blocks) -> None:
                 **show_state(CLIENT.state), tab.model: loaded.get("model", ""),
                 tab.v2: bool(loaded.get("v2")),
                 tab.v_parameterization: bool(loaded.get("v_parameterization")),
+                tab.vae: loaded.get("vae", ""),
             }  # fmt: skip
         defaults = run_defaults(root, "")
         if not defaults.model:  # nothing to change (an empty dict would be one output value)
             return {tab.model_status: model_markdown({})}
         return {
             tab.model: defaults.model, tab.v2: defaults.v2,
-            tab.v_parameterization: defaults.v_parameterization,
+            tab.v_parameterization: defaults.v_parameterization, tab.vae: defaults.vae,
             tab.embedding_path: defaults.embedding,
         }  # fmt: skip
 
     preview_inputs = [tab.prompt, tab.max_token_length]
     after = {"fn": on_preview, "inputs": preview_inputs, "outputs": tab.preview, **private}
     tab.load.click(
-        on_load, inputs=[tab.model, tab.v2, tab.v_parameterization, tab.embedding_path],
+        on_load,
+        inputs=[tab.model, tab.v2, tab.v_parameterization, tab.vae, tab.embedding_path],
         outputs=[*listing, tab.messages], **private,
     ).then(**after)  # fmt: skip
     tab.add.click(
@@ -224,7 +228,8 @@ def wire(tab: GenerateTab, runs_root: gr.Textbox, app: gr.Blocks) -> None:
         on_remove, inputs=tab.remove_choice, outputs=[*listing, tab.messages], **private
     ).then(**after)
     inputs = {getattr(tab, name) for name in GENERATE_WIDGETS}
-    inputs |= {tab.model, tab.v2, tab.v_parameterization, tab.embedding_path, tab.shown, runs_root}
+    inputs |= {tab.model, tab.v2, tab.v_parameterization, tab.vae, tab.embedding_path}
+    inputs |= {tab.shown, runs_root}
     tab.generate.click(
         on_generate, inputs=inputs, outputs=[*listing, tab.messages, tab.shown, tab.gallery],
         **private,
@@ -235,7 +240,8 @@ def wire(tab: GenerateTab, runs_root: gr.Textbox, app: gr.Blocks) -> None:
     )  # fmt: skip
     app.load(
         on_page_load, inputs=runs_root,
-        outputs=[*listing, tab.model, tab.v2, tab.v_parameterization, tab.embedding_path],
+        outputs=[*listing, tab.model, tab.v2, tab.v_parameterization, tab.vae,
+                 tab.embedding_path],
         **private,
     )  # fmt: skip
     settings = ("negative_prompt", "width", "height", "steps", "scale", "sampler", "clip_skip")
