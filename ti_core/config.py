@@ -38,9 +38,6 @@ def opt(
     return field(default=default, metadata=metadata)
 
 
-TRAINING_ISSUE = "the training run (issue 6)"
-
-
 @dataclass
 class ModelConfig:
     pretrained_model_name_or_path: str = opt(
@@ -64,7 +61,11 @@ class ModelConfig:
         "Caption token budget: 75, 150 or 225 (longer captions are chunked).",
         choices=(75, 150, 225),
     )
-    lowram: bool = opt(False, "Load the model straight to the GPU.", planned=TRAINING_ISSUE)
+    lowram: bool = opt(
+        False,
+        "Load the model straight into GPU memory, not RAM first (for machines with more VRAM "
+        "than RAM, e.g. Colab).",
+    )
     no_half_vae: bool = opt(False, "Keep the VAE in float32 under mixed precision.")
 
 
@@ -146,8 +147,16 @@ class TrainingConfig:
     gradient_accumulation_steps: int = opt(1, "Batches summed per optimizer step.", min=1)
     gradient_checkpointing: bool = opt(False, "Recompute activations to save memory.")
     mixed_precision: str = opt("no", "Compute precision.", choices=("no", "fp16", "bf16"))
-    full_fp16: bool = opt(False, "Keep the trained vectors in fp16 too.", planned=TRAINING_ISSUE)
-    full_bf16: bool = opt(False, "Keep the trained vectors in bf16 too.", planned=TRAINING_ISSUE)
+    full_fp16: bool = opt(
+        False,
+        "Keep the text encoder(s) in fp16 too, not float32 (needs mixed_precision fp16; "
+        "saves memory). The trained vectors stay float32.",
+    )
+    full_bf16: bool = opt(
+        False,
+        "Keep the text encoder(s) in bf16 too, not float32 (needs mixed_precision bf16; "
+        "saves memory). The trained vectors stay float32.",
+    )
     seed: int = opt(0, "Random seed: the same seed gives the same batches and vectors.", min=0)
     noise_offset: float = opt(0.0, "Offset noise strength (0 = off).", min=0.0)
     min_snr_gamma: float = opt(0.0, "Min-SNR loss weighting gamma (0 = off).", min=0.0)

@@ -103,6 +103,13 @@ def check_combinations(config: Config, source: str = "<config>") -> None:
             f"{source}: min_bucket_reso ({data.min_bucket_reso}) is larger than "
             f"max_bucket_reso ({data.max_bucket_reso})."
         )
+    training = config.training
+    for full, precision in (("full_fp16", "fp16"), ("full_bf16", "bf16")):
+        if getattr(training, full) and training.mixed_precision != precision:
+            raise ConfigError(
+                f"{source}: [training] {full} = true needs mixed_precision = {show(precision)} "
+                f"(it is {show(training.mixed_precision)}); set it, or turn {full} off."
+            )
     if token.token_string and " " in token.token_string.strip():
         raise ConfigError(
             f"{source}: [token] token_string = {show(token.token_string)}: one word without "

@@ -97,9 +97,13 @@ def load_model(
     v_parameterization: bool = False,
     vae: str = "",
     dtype: Any = None,
+    device: Any = None,
 ) -> LoadedModel:
     """Load a base model. `v2` / `v_parameterization` are sd-scripts' flags: a file that says
-    what it is wins over a missing flag, and a --v2 that contradicts the file is an error."""
+    what it is wins over a missing flag, and a --v2 that contradicts the file is an error.
+    `device` (sd-scripts' --lowram): a CUDA device to load the weights straight into, so the
+    whole model never sits in RAM; None loads into RAM as usual."""
+    placement = _placement(device)
     if not name:
         raise ModelError(
             "No base model given: set pretrained_model_name_or_path (a diffusers folder, "
@@ -108,18 +112,18 @@ def load_model(
     path = Path(resolve_model_path(name))
     if path.is_dir():
         family, v_pred = _reconcile(name, folder_info(path), v2, v_parameterization)
-        pipeline = _load_folder(path, family, dtype)
+        pipeline = _load_folder(path, family, dtype, placement)
     elif path.is_file() or path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         if not path.is_file():
             raise ModelError(
                 f"{path}: file not found. Check the path (or pick a diffusers folder)."
             )
         family, v_pred = _reconcile(name, inspect_model(str(path)), v2, v_parameterization)
-        pipeline = _load_single_file(path, family, v_pred, dtype)
+        pipeline = _load_single_file(path, family, v_pred, dtype, placement)
     elif not _looks_like_hub_id(name):
         raise ModelError(f"{name}: no such file or folder. Check the path.")
     else:
-        pipeline = _load_hub(name, dtype)
+        pipeline = _load_hub(name, dtype, placement)
         detected = CheckpointInfo(
             _family_of(pipeline),
             pipeline.scheduler.config.get("prediction_type") == "v_prediction",
@@ -191,10 +195,23 @@ def _no_safety_checker(family: str) -> dict[str, Any]:
     return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
 
-def _load_folder(path: Path, family: str, dtype: Any) -> Any:
+def _placement(device: Any) -> dict[str, Any]:
+    """diffusers' arguments that load weights straight onto `device` (a CUDA device)."""
+    if device is None or getattr(device, "type", str(device)) != "cuda":
+        return {}
+    # Pipelines take a device_map naming the device type; single files pass `device` on to
+    # each part they build.
+    return {"device_map": "cuda", "device": str(device)}
+
+
+def _load_folder(path: Path, family: str, dtype: Any, placement: dict[str, Any]) -> Any:
     with _as_model_error(path):
         return _pipeline_class(family).from_pretrained(
-            str(path), local_files_only=True, torch_dtype=dtype, **_no_safety_checker(family)
+            str(path),
+            local_files_only=True,
+            torch_dtype=dtype,
+            **_no_safety_checker(family),
+            **({"device_map": placement["device_map"]} if placement else {}),
         )
 
 
@@ -225,7 +242,9 @@ def load_tokenizer(pad_token: str | None = None) -> Any:
     return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), **extra)
 
 
-def _load_single_file(path: Path, family: str, v_pred: bool, dtype: Any) -> Any:
+def _load_single_file(
+    path: Path, family: str, v_pred: bool, dtype: Any, placement: dict[str, Any]
+) -> Any:
     tokenizers = {"tokenizer": load_tokenizer("!" if family == "sd2" else None)}
     if family == "sdxl":
         tokenizers["tokenizer_2"] = load_tokenizer("!")
@@ -238,6 +257,7 @@ def _load_single_file(path: Path, family: str, v_pred: bool, dtype: Any) -> Any:
             scheduler=_scheduler_from_config(config_dir),
             **tokenizers,
             **_no_safety_checker(family),
+            **({"device": placement["device"]} if placement else {}),
         )
 
 
@@ -255,7 +275,7 @@ def _scheduler_with_prediction(scheduler: Any, v_pred: bool) -> Any:
     return type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
 
 
-def _load_hub(name: str, dtype: Any) -> Any:
+def _load_hub(name: str, dtype: Any, placement: dict[str, Any]) -> Any:
     """A hub id: from the local cache, or downloaded when online (the only network path)."""
     from diffusers import DiffusionPipeline
 
@@ -270,6 +290,7 @@ def _load_hub(name: str, dtype: Any) -> Any:
                 torch_dtype=dtype,
                 safety_checker=None,
                 requires_safety_checker=False,
+                **({"device_map": placement["device_map"]} if placement else {}),
             )
         except Exception as caught:  # noqa: BLE001 - every failure becomes one message below
             error = caught

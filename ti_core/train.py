@@ -34,6 +34,8 @@ from ti_core.train_setup import (
     build_batches,
     choose_device,
     choose_precision,
+    grad_scaler,
+    load_base_model,
     prepare_model,
     total_steps,
 )
@@ -49,16 +51,15 @@ def train(
 ) -> Path:
     """Train the embedding; returns the final file. Stops early, saving, on STOP/SIGINT.
     `entries`: the images the preflight's dataset check found (else they are searched again)."""
-    from ti_core.models import load_model
     from ti_core.preflight import explicit_num_vectors
     from ti_core.tokens import add_placeholders, text_parts
 
     # --- set up ------------------------------------------------------------------------
     save_config(config, run.path / "config.toml")
     run.status("loading")
-    precision = choose_precision(config.training.mixed_precision, choose_device())
-    m = config.model
-    loaded = load_model(m.pretrained_model_name_or_path, m.v2, m.v_parameterization, m.vae)
+    t, device = config.training, choose_device()
+    precision = choose_precision(t.mixed_precision, device, t.full_fp16 or t.full_bf16)
+    loaded = load_base_model(config, device)
     for spec in specs:
         check_bucket_reso_steps(spec, loaded.family)
     tokenizers, text_encoders = text_parts(loaded.pipeline)
@@ -81,7 +82,7 @@ def train(
         config.optimizer.lr_scheduler_power,
     )  # fmt: skip
     noise_scheduler = training_scheduler(loaded.pipeline.scheduler, loaded.v_parameterization)
-    scaler = torch.amp.GradScaler("cuda") if precision.scale_loss else None
+    scaler = grad_scaler(precision)
     outputs = Outputs(config, run, model, optimizer, lr_schedule, scaler)
     step, first_epoch, skip_batches = outputs.resume(len(batches))
     accumulation = config.training.gradient_accumulation_steps

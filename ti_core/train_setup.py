@@ -29,6 +29,11 @@ class Precision:
     weight_dtype: torch.dtype  # frozen UNet/VAE weights
     autocast_dtype: torch.dtype | None  # None: full float32
     scale_loss: bool  # fp16 on CUDA needs a gradient scaler
+    # The text encoders: float32 unless full_fp16/full_bf16, because the gradient flows
+    # through them into the vectors. The vectors themselves always stay float32 (the
+    # optimizer's master copy): in fp16, Adam's second moment underflows to 0 and the first
+    # update is NaN (seen on an H100 with full_fp16).
+    text_dtype: torch.dtype = torch.float32
 
 
 def choose_device() -> torch.device:
@@ -47,15 +52,44 @@ def choose_device() -> torch.device:
     return torch.device("cpu")
 
 
-def choose_precision(mixed_precision: str, device: torch.device) -> Precision:
-    """fp16 needs a GPU; asked for on the CPU it falls back to float32 with one warning."""
+def choose_precision(
+    mixed_precision: str, device: torch.device, full_precision: bool = False
+) -> Precision:
+    """fp16 needs a GPU; asked for on the CPU it falls back to float32 with one warning.
+    `full_precision` (full_fp16/full_bf16) keeps the text encoders in that dtype too."""
     if mixed_precision == "fp16" and device.type == "cpu":
-        log.warning("mixed_precision = fp16 needs a GPU; training in float32 on the CPU instead.")
+        also = " (full_fp16 too: the text encoder stays float32)" if full_precision else ""
+        log.warning(
+            "mixed_precision = fp16 needs a GPU; training in float32 on the CPU instead%s.", also
+        )
         mixed_precision = "no"
     if mixed_precision == "no":
         return Precision(device, torch.float32, None, False)
     dtype = torch.float16 if mixed_precision == "fp16" else torch.bfloat16
-    return Precision(device, dtype, dtype, dtype == torch.float16 and device.type == "cuda")
+    text_dtype = dtype if full_precision else torch.float32
+    scale_loss = dtype == torch.float16 and device.type == "cuda"
+    return Precision(device, dtype, dtype, scale_loss, text_dtype)
+
+
+def load_base_model(config: Config, device: torch.device) -> LoadedModel:
+    """The base model (and separate VAE); with lowram on CUDA, loaded straight into VRAM."""
+    from ti_core.models import load_model
+
+    m = config.model
+    if m.lowram and device.type != "cuda":
+        log.warning(
+            "lowram loads the model straight into GPU memory; on %s it loads into RAM as usual.",
+            device.type.upper(),
+        )
+    return load_model(
+        m.pretrained_model_name_or_path, m.v2, m.v_parameterization, m.vae,
+        device=device if m.lowram else None,
+    )  # fmt: skip
+
+
+def grad_scaler(precision: Precision) -> torch.amp.GradScaler | None:
+    """The loss scaler fp16 training on CUDA needs (None otherwise)."""
+    return torch.amp.GradScaler("cuda") if precision.scale_loss else None
 
 
 def set_attention(unet: Any, xformers: bool, mem_eff_attn: bool, device: torch.device) -> str:
@@ -108,7 +142,7 @@ def prepare_model(
     pipeline.unet.to(precision.device, precision.weight_dtype)
     pipeline.vae.to(precision.device, vae_dtype)
     for encoder in text_encoders:
-        encoder.to(precision.device)  # float32: the trained rows pass through it
+        encoder.to(precision.device, precision.text_dtype)  # the trained rows pass through it
     attention = set_attention(
         pipeline.unet, training.xformers, training.mem_eff_attn, precision.device
     )

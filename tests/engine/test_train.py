@@ -242,3 +242,21 @@ def test_optimizers_schedules_precisions_and_formats_train_on_the_demo(
     assert embedding.format == layout and embedding.vectors[0].shape == (1, 32)
     steps = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "step"]
     assert [e["step"] for e in steps] == [1, 2, 3]
+
+
+def test_full_bf16_is_honoured_and_lowram_and_full_fp16_fall_back_on_the_cpu(tmp_path):
+    def trained(name: str, *flags: str) -> torch.Tensor:
+        assert main([*demo_args(tmp_path / name), *FAST, *flags]) == 0
+        return read_embedding(tmp_path / name / "demotoy.safetensors").vectors[0]
+
+    # The vectors stay float32 either way; a bf16 text encoder changes their gradients.
+    full = trained("full", "--mixed_precision", "bf16", "--full_bf16")
+    mixed = trained("mixed", "--mixed_precision", "bf16")
+    assert full.dtype == mixed.dtype == torch.float32
+    assert not torch.equal(full, mixed)
+
+    trained("fp16", "--mixed_precision", "fp16", "--full_fp16", "--lowram")
+    events = read_events(tmp_path / "fp16" / "events.jsonl")
+    warnings = [event["message"] for event in events if event["type"] == "warning"]
+    assert any("full_fp16 too" in message for message in warnings), warnings
+    assert any("lowram" in message and "RAM as usual" in message for message in warnings)

@@ -72,13 +72,14 @@ def test_out_of_range_and_bad_choice_are_refused():
         config_from_toml('[training]\nmixed_precision = "fp8"')
 
 
-def test_options_not_implemented_yet_are_refused_not_ignored():
-    planned = [info for info in FIELDS.values() if info.planned]
-    assert planned, "every option is implemented: drop this test"
-    with pytest.raises(ConfigError, match="not available in this version yet"):
+def test_full_precision_needs_the_matching_mixed_precision():
+    # sd-scripts asserts the same: full_fp16 keeps fp16 weights, so the run must compute in fp16.
+    with pytest.raises(ConfigError, match='full_fp16 = true needs mixed_precision = "fp16"'):
         config_from_toml("[training]\nfull_fp16 = true")
-    # The default value of a planned option is what the engine does anyway: accepted.
-    assert config_from_toml("[training]\nfull_fp16 = false") == Config()
+    with pytest.raises(ConfigError, match='full_bf16 = true needs mixed_precision = "bf16"'):
+        config_from_toml('[training]\nfull_bf16 = true\nmixed_precision = "fp16"')
+    config = config_from_toml('[training]\nfull_bf16 = true\nmixed_precision = "bf16"')
+    assert config.training.full_bf16
 
 
 def test_newer_schema_is_refused():
@@ -129,8 +130,8 @@ def test_cli_flags_override_the_file(tmp_path):
 def test_cli_values_are_checked_like_file_values():
     with pytest.raises(ConfigError, match="--clip_skip x: expected a whole number"):
         apply_cli_overrides(Config(), _parse(["--clip_skip", "x"]))
-    with pytest.raises(ConfigError, match="--lowram = true: this option is not available"):
-        apply_cli_overrides(Config(), _parse(["--lowram"]))
+    with pytest.raises(ConfigError, match="full_fp16 = true needs mixed_precision"):
+        apply_cli_overrides(Config(), _parse(["--full_fp16"]))
     with pytest.raises(ConfigError, match="learning_rate.*0.005:x"):
         apply_cli_overrides(Config(), _parse(["--learning_rate", "0.005:x"]))
     piecewise = apply_cli_overrides(Config(), _parse(["--learning_rate", "0.005:100, 1e-5"]))
