@@ -239,7 +239,7 @@ def autocast(precision: Precision) -> Any:
 
 
 def set_threads(device: torch.device) -> None:
-    """The trainer's CPU thread rule (train_setup.choose_device): half the cores, unless
+    """The trainer's CPU thread rule (devices.choose_device): half the cores, unless
     OMP_NUM_THREADS says otherwise. Both loops run under the same rule."""
     if device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))

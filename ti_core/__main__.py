@@ -180,15 +180,19 @@ def command_train(args: argparse.Namespace) -> int:
 
 def run_training(config: Config, specs: list, entries: list) -> int:
     """Train inside the run folder; a failure is still recorded there (error + done events)."""
+    from ti_core.distributed import join_team, leave_team
     from ti_core.run_folder import RunFolder
     from ti_core.train import train
 
-    with RunFolder(config.saving.output_dir) as run:
+    team = join_team()
+    if not team.is_main:  # the first process logs for the team; the others only complain
+        logging.getLogger("ti_core").setLevel(logging.WARNING)
+    with RunFolder(config.saving.output_dir, writer=team.is_main) as run:
         run.clear_stale_flags()
         run.attach_logging()
         run.install_stop_signals()
         try:
-            train(config, specs, run, entries)
+            train(config, specs, run, entries, team)
         except TiError as error:
             if not getattr(error, "recorded_in_run", False):
                 run.error(message=str(error), hint="")
@@ -203,6 +207,8 @@ def run_training(config: Config, specs: list, entries: list) -> int:
             run.done(reason="failed")
             log.exception("training failed")
             return 1
+        finally:
+            leave_team(team)
     return 0
 
 

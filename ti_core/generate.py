@@ -77,9 +77,12 @@ class Generator:
         device: str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
+        from ti_core.devices import choose_device
         from ti_core.models import load_model
 
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # On a CPU, choose_device also limits torch to half the cores: a generation worker
+        # beside a training run slowed from ~1 s to 4-20 s per demo image with all of them.
+        self.device = torch.device(device) if device else choose_device()
         self.loaded = load_model(model, v2, v_parameterization, vae, dtype=dtype)
         self.pipeline = self.loaded.pipeline.to(self.device)
         self.family = self.loaded.family

@@ -88,20 +88,8 @@ def family_hint(model_name: str) -> str | None:
         return None  # the model loader reports it, after the data checks
 
 
-def check_single_process() -> None:
-    """`accelerate launch` with several processes would run several independent trainings
-    into one folder; until data-parallel training exists, refuse it plainly."""
-    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if processes > 1:
-        raise ConfigError(
-            f"launched as {processes} processes (accelerate launch --num_processes > 1), but "
-            "multi-GPU training is not supported yet; use --num_processes 1."
-        )
-
-
 def preflight(config: Config) -> tuple[list[DatasetSpec], DatasetReport]:
     """Everything that can be checked without the model, in the order a user fixes things."""
-    check_single_process()
     check_output_dir(config.saving.output_dir)
     family = family_hint(config.model.pretrained_model_name_or_path) or "sdxl"
     check_token_settings(config)

@@ -46,10 +46,14 @@ class RunFolder:
     flags left by an earlier run in the same folder (the GUI creates flags only after the
     run's first event, so nothing meant for this run is lost)."""
 
-    def __init__(self, output_dir: str | Path) -> None:
+    def __init__(self, output_dir: str | Path, writer: bool = True) -> None:
+        # writer=False: a data-parallel helper process (see distributed.py). It knows the
+        # paths but writes nothing and takes no flags; the first process does both.
+        self.writer = writer
         self.path = Path(output_dir).resolve()
         self.samples_dir = self.path / SAMPLES_DIR
-        self.samples_dir.mkdir(parents=True, exist_ok=True)
+        if writer:
+            self.samples_dir.mkdir(parents=True, exist_ok=True)
         self.events_path = self.path / EVENTS_FILE
         self.log_path = self.path / LOG_FILE
         self.stop_requested = False  # sticky: once a stop is seen, it stays seen
@@ -74,6 +78,8 @@ class RunFolder:
         """Append one event line and return the event as written."""
         record = {"type": type, "time": round(time.time(), 3)}
         record.update({key: _plain(value) for key, value in fields.items()})
+        if not self.writer:
+            return record
         line = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode()
         with self._lock, open(self.events_path, "ab") as out:
             out.write(line)
@@ -135,6 +141,8 @@ class RunFolder:
     def attach_logging(self, logger_name: str = "ti_core", level: int = logging.INFO) -> None:
         """Write `logger_name`'s records at `level` and above to train.log, and turn its
         WARNING records into `warning` events so the GUI shows them. Undone by close()."""
+        if not self.writer:
+            return
         logger = logging.getLogger(logger_name)
         file_handler = logging.FileHandler(self.log_path, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -168,7 +176,7 @@ class RunFolder:
         """True once per request: the flag file is deleted as it is taken. STOP is also true
         after a first SIGINT/SIGTERM, and then `stop_requested` stays true."""
         path = self.flag_path(name)
-        taken = path.exists()
+        taken = self.writer and path.exists()
         if taken:
             path.unlink(missing_ok=True)
         if name == STOP:
@@ -178,6 +186,8 @@ class RunFolder:
         return taken
 
     def clear_stale_flags(self) -> list[str]:
+        if not self.writer:
+            return []
         cleared = [name for name in FLAGS if (self.path / name).exists()]
         for name in cleared:
             (self.path / name).unlink(missing_ok=True)

@@ -23,6 +23,7 @@ from ti_core.data.buckets import check_bucket_reso_steps
 from ti_core.data.latents import scale_latents
 from ti_core.data.spec import DatasetSpec, ImageEntry
 from ti_core.diffusion import image_losses, noisy_latents, prediction_target, training_scheduler
+from ti_core.distributed import ShareOfBatches, Team
 from ti_core.optim import build_optimizer, build_scheduler, current_lr
 from ti_core.run_folder import RunFolder
 from ti_core.text_encoding import encode
@@ -48,16 +49,19 @@ def train(
     specs: list[DatasetSpec],
     run: RunFolder,
     entries: list[list[ImageEntry]] | None = None,
-) -> Path:
+    team: Team = Team(),
+) -> Path | None:
     """Train the embedding; returns the final file. Stops early, saving, on STOP/SIGINT.
-    `entries`: the images the preflight's dataset check found (else they are searched again)."""
+    `entries`: the images the preflight's dataset check found (else they are searched again).
+    `team`: the processes of a data-parallel run; only the first one saves (and returns)."""
     from ti_core.preflight import explicit_num_vectors
     from ti_core.tokens import add_placeholders, text_parts
 
     # --- set up ------------------------------------------------------------------------
-    save_config(config, run.path / "config.toml")
+    if team.is_main:
+        save_config(config, run.path / "config.toml")
     run.status("loading")
-    t, device = config.training, choose_device()
+    t, device = config.training, team.device(choose_device())
     precision = choose_precision(t.mixed_precision, device, t.full_fp16 or t.full_bf16)
     loaded = load_base_model(config, device)
     for spec in specs:
@@ -70,7 +74,13 @@ def train(
     )  # fmt: skip
     model = prepare_model(loaded, placeholders, tokenizers, text_encoders, config, precision)
     run.status("caching" if config.dataset.cache_latents else "preparing data")
+    if not team.is_main:
+        team.wait_for_all()  # the first process fills a latent cache on disk first
     batches = build_batches(config, specs, model, precision, entries)
+    if team.is_main:
+        team.wait_for_all()
+    if team.size > 1:
+        batches = ShareOfBatches(batches, team)
     max_steps, num_epochs = total_steps(config, len(batches))
     optimizer = build_optimizer(
         model.parameters, config.optimizer.optimizer_type,
@@ -88,8 +98,9 @@ def train(
     accumulation = config.training.gradient_accumulation_steps
     loader_workers = config.dataset.max_data_loader_n_workers
     log.info(
-        "training %s: %d steps (%d epochs of %d batches), %s, attention %s",
+        "training %s: %d steps (%d epochs of %d batches%s), %s, attention %s",
         placeholders.token_strings, max_steps, num_epochs, len(batches),
+        f" in each of {team.size} processes" if team.size > 1 else "",
         precision.device, model.attention,
     )  # fmt: skip
 
@@ -97,31 +108,37 @@ def train(
     run.status("training")
     started, reason = time.monotonic(), "finished"
     # The console's bar; off when stderr is not a terminal (the GUI reads events.jsonl).
-    progress = tqdm(total=max_steps, initial=step, unit="step", disable=None, dynamic_ncols=True)
+    progress = tqdm(
+        total=max_steps, initial=step, unit="step", dynamic_ncols=True,
+        disable=None if team.is_main else True,
+    )  # fmt: skip
     if config.sampling.sample_at_first and step == 0:
         outputs.sample(step)
     for epoch in range(first_epoch, num_epochs + 1):
         batches.set_epoch(epoch)
         for batch_index, batch in epoch_batches(batches, skip_batches, loader_workers):
-            noise_seed = hash((config.training.seed, epoch, batch_index)) % 2**63
+            which = batch_index * team.size + team.rank  # this batch's place in the epoch
+            noise_seed = hash((config.training.seed, epoch, which)) % 2**63
             loss = step_loss(config, model, batch, precision, noise_scheduler, noise_seed)
-            if not torch.isfinite(loss):
-                raise outputs.fail_non_finite(step, float(loss))  # saves the last good vectors
+            shown_loss = team.average(loss.detach())
+            if not torch.isfinite(shown_loss):  # saves the last good vectors
+                raise outputs.fail_non_finite(step, float(shown_loss))
             backward(loss / accumulation, scaler)
             if (batch_index + 1) % accumulation and batch_index + 1 < len(batches):
                 continue
+            team.average_gradients(model.parameters)
             optimizer_step(optimizer, model.parameters, scaler, config.training.max_grad_norm)
             lr_schedule.step()
             step += 1
             run.step(
-                step=step, epoch=epoch, loss=float(loss.detach()), lr=current_lr(optimizer),
+                step=step, epoch=epoch, loss=float(shown_loss), lr=current_lr(optimizer),
                 **speed(started, step - outputs.resumed_step, max_steps - step),
                 total_steps=max_steps,
             )  # fmt: skip
             progress.update(1)
-            progress.set_postfix(loss=f"{float(loss.detach()):.4f}", epoch=epoch, refresh=False)
+            progress.set_postfix(loss=f"{float(shown_loss):.4f}", epoch=epoch, refresh=False)
             outputs.after_step(step, epoch, batch_index + 1)
-            if outputs.stop_requested() or step >= max_steps:
+            if team.anyone(outputs.stop_requested(), device) or step >= max_steps:
                 reason = "stopped" if step < max_steps else "finished"
                 break
         else:

@@ -49,6 +49,8 @@ class Outputs:
     def save_embedding(self, step: int, suffix: str = "") -> list[Path]:
         from ti_core.embedding_writers import save_embedding
 
+        if not self.run.writer:  # a data-parallel helper process: the first one saves
+            return []
         saving, loaded = self.config.saving, self.model.loaded
         paths = save_embedding(
             self.run.path / f"{self.output_name}{suffix}",
@@ -135,6 +137,9 @@ class Outputs:
 
     # --- resumable state --------------------------------------------------------------------
     def save_state(self) -> Path:
+        folder = self.run.path / "state"
+        if not self.run.writer:
+            return folder
         step, epoch, batches_done = self.position
         state = {
             "vectors": self.vectors(),
@@ -146,7 +151,6 @@ class Outputs:
             "batches_done": batches_done,
             "token_strings": list(self.model.placeholders.token_strings),
         }
-        folder = self.run.path / "state"
         folder.mkdir(exist_ok=True)
         temporary = folder / f".{STATE_FILE}.tmp"
         torch.save(state, temporary)
@@ -187,6 +191,8 @@ class Outputs:
     def sample(self, step: int) -> None:
         from ti_core.sample_during_training import make_training_samples
 
+        if not self.run.writer:
+            return
         if not self.config.sampling.sample_prompts:
             log.warning("no sample images at step %d: set sample_prompts (a prompts file)", step)
             return

@@ -3,12 +3,11 @@ type a prompt, press Generate, see the image with its settings in the gallery.""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from test_browser import CHROMIUM, CHROMIUM_ARGS
+from conftest import chromium_page
 
 pytestmark = pytest.mark.browser
 
@@ -18,15 +17,8 @@ SCREENSHOT = ROOT / "docs" / "generate-tab.png"
 
 @pytest.fixture(scope="module")
 def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not shutil.which(CHROMIUM):
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(120_000)
+    with chromium_page(120_000, viewport={"width": 1280, "height": 900}) as page:
         yield page
-        browser.close()
 
 
 def fill(page, elem_id: str, value: str) -> None:
