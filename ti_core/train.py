@@ -22,6 +22,7 @@ from ti_core.data.batches import make_loader, sdxl_time_ids
 from ti_core.data.buckets import check_bucket_reso_steps
 from ti_core.data.latents import scale_latents
 from ti_core.data.spec import DatasetSpec, ImageEntry
+from ti_core.devices import choose_device
 from ti_core.diffusion import image_losses, noisy_latents, prediction_target, training_scheduler
 from ti_core.distributed import ShareOfBatches, Team
 from ti_core.optim import build_optimizer, build_scheduler, current_lr
@@ -33,7 +34,6 @@ from ti_core.train_setup import (
     Precision,
     TrainableModel,
     build_batches,
-    choose_device,
     choose_precision,
     grad_scaler,
     load_base_model,
