@@ -2,8 +2,6 @@
 
 Loading, saving, validation and the CLI flags all read the field declarations here
 (type, default, help, limits), so adding an option is one field. See config_io.py.
-Options a later part of the engine will implement are declared with `planned=`:
-setting one to anything but its default is refused, never silently ignored.
 """
 
 from __future__ import annotations
@@ -25,14 +23,11 @@ def opt(
     choices: tuple | None = None,
     min: float | None = None,
     max: float | None = None,
-    planned: str | None = None,
     text: str | None = None,
 ) -> Any:
     """Declare one option: its default, help text (CLI --help, GUI tooltip) and limits."""
     # `text`: a number option that also takes a text form (checked by ti_core.optim).
-    metadata = {
-        "help": help, "choices": choices, "min": min, "max": max, "planned": planned, "text": text
-    }  # fmt: skip
+    metadata = {"help": help, "choices": choices, "min": min, "max": max, "text": text}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -291,7 +286,6 @@ class FieldInfo:
     choices: tuple | None
     min: float | None
     max: float | None
-    planned: str | None
     text: str | None = None
 
 

@@ -152,16 +152,7 @@ def _check_value(info: FieldInfo, value: Any, where: str) -> Any:
         raise ConfigError(f"{where} = {show(value)}: expected at least {info.min}.")
     if info.max is not None and value > info.max:
         raise ConfigError(f"{where} = {show(value)}: expected at most {info.max}.")
-    _refuse_if_planned(info, value, where)
     return value
-
-
-def _refuse_if_planned(info: FieldInfo, value: Any, where: str) -> None:
-    if info.planned and value != info.default:
-        raise ConfigError(
-            f"{where} = {show(value)}: this option is not available in this version yet "
-            f"(it comes with {info.planned}). Remove it or leave it at {show(info.default)}."
-        )
 
 
 def _check_text_form(info: FieldInfo, value: str, where: str) -> Any:
@@ -175,7 +166,6 @@ def _check_text_form(info: FieldInfo, value: str, where: str) -> Any:
         raise ConfigError(f"{where} = {show(value)}: {error}") from None
     if isinstance(parsed, float):
         return _check_value(info, parsed, where)
-    _refuse_if_planned(info, value, where)
     return value
 
 
@@ -234,8 +224,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(f"[{section}] options")
         for info in (i for i in FIELDS.values() if i.section == section):
             help_text = f"{info.help} (default: {show(info.default)})"
-            if info.planned:
-                help_text += f" [not available yet: {info.planned}]"
             if info.type is bool:
                 group.add_argument(
                     f"--{info.name}",

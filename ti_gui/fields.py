@@ -29,19 +29,16 @@ def field_label(info: FieldInfo) -> str:
 
 
 def field_info_text(info: FieldInfo) -> str:
-    if info.planned:
-        return f"{info.help} Not available yet (comes with {info.planned})."
     return info.help
 
 
 def make_widget(info: FieldInfo, **overrides: Any) -> gr.components.Component:
     """The widget for one option: Checkbox (bool), Dropdown (choices), Number (int/float with
-    its limits), Textbox otherwise. A planned option is shown but cannot be changed."""
+    its limits), Textbox otherwise."""
     common: dict[str, Any] = {
         "label": field_label(info),
         "info": field_info_text(info),
         "elem_id": f"field-{info.name}",
-        "interactive": not info.planned,
     }
     value = overrides.pop("value", to_widget_value(info, info.default))
     common.update(overrides)
@@ -199,8 +196,6 @@ def collect_values(values: dict[str, Any]) -> FormResult:
     errors: dict[str, str] = {}
     for name, value in values.items():
         info = FIELDS[name]
-        if info.planned:
-            continue  # shown, never set: the engine refuses anything but the default
         try:
             set_option(config, name, from_widget_value(info, value), f"[{info.section}] {name}")
         except TiError as error:

@@ -34,7 +34,7 @@ def progress_markdown(state: RunState, live: bool, exit_code: int | None) -> str
             0,
             f"**step {done} / {total}**{percent} · {step.get('it_s', 0):.2f} it/s · "
             f"ETA {clock(step.get('eta_s')) if live else '-'} · "
-            f"loss {step.get('loss') if step.get('loss') is not None else 'nan'} · "
+            f"loss {_loss_text(step.get('loss'))} · "
             f"lr {step.get('lr', 0):.3g} · epoch {step.get('epoch', '?')}",
         )
         lines.insert(1, f'<progress value="{done}" max="{max(total, 1)}"></progress>')
@@ -42,6 +42,10 @@ def progress_markdown(state: RunState, live: bool, exit_code: int | None) -> str
     if state.done and state.done.get("path"):
         lines.append(f"Final embedding: `{state.done['path']}`")
     return "\n\n".join(lines)
+
+
+def _loss_text(loss: float | None) -> str:
+    return "nan" if loss is None else f"{loss:.4f}"
 
 
 def headline(state: RunState, live: bool, exit_code: int | None) -> str:

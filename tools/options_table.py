@@ -26,8 +26,6 @@ def options_table() -> str:
             text = info.help
             if info.choices:
                 text += " One of: " + ", ".join(f"`{c}`" for c in info.choices) + "."
-            if info.planned:
-                text += f" *Not available yet ({info.planned}).*"
             default = show(info.default).replace("|", "\\|")
             lines.append(f"| `[{section}]` | `--{info.name}` | `{default}` | {text} |")
     return "\n".join([*lines, "", END])

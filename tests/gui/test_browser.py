@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import chromium_page
+from conftest import ROOT, chromium_page
 
 pytestmark = pytest.mark.browser
 
@@ -17,6 +17,9 @@ def page():
         yield page
 
 
+SCREENSHOT = ROOT / "docs" / "run-view.png"
+
+
 def shown_step(page) -> int:
     text = page.locator("#run-progress").inner_text()
     match = re.search(r"step (\d+) / (\d+)", text)
@@ -24,6 +27,7 @@ def shown_step(page) -> int:
 
 
 def test_train_and_stop_the_demo_in_a_browser(training_gui, page, tmp_path):
+    page.set_viewport_size({"width": 1280, "height": 1000})
     page.goto(training_gui)
     page.get_by_role("button", name="Load preset").click()
     page.get_by_text("Loaded into the form").wait_for()
@@ -43,6 +47,12 @@ def test_train_and_stop_the_demo_in_a_browser(training_gui, page, tmp_path):
         f"|| [0, 0])[1] > {first}"
     )
 
+    # What a new user waits for: the loss chart drawn and a sample image (demo: every 50 steps).
+    page.locator("#loss-chart canvas, #loss-chart svg").first.wait_for()
+    page.locator("#samples-gallery img").first.wait_for()
+    page.locator("#run-progress").scroll_into_view_if_needed()
+    page.screenshot(path=str(SCREENSHOT))
+
     page.reload()  # the run lives in the GUI process: a new page finds it again
     page.get_by_role("tab", name="Run").click()
     page.wait_for_function(
@@ -56,4 +66,6 @@ def test_train_and_stop_the_demo_in_a_browser(training_gui, page, tmp_path):
     page.wait_for_function(
         "() => /Stopped/.test(document.querySelector('#run-progress').innerText)"
     )
-    assert (tmp_path / "browser-run" / "demotoy.safetensors").is_file()
+    final = tmp_path / "browser-run" / "demotoy.safetensors"
+    assert final.is_file()
+    page.get_by_text(f"Final embedding: {final}").wait_for()  # the path is shown

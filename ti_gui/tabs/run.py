@@ -59,7 +59,9 @@ def build(form: Form) -> RunTab:
         loss = gr.LinePlot(
             x="step", y="loss", color="curve", title="Loss", height=280, elem_id="loss-chart"
         )
-        gallery = gr.Gallery(label="Samples", columns=4, height=280, interactive=False)
+        gallery = gr.Gallery(
+            label="Samples", columns=4, height=280, interactive=False, elem_id="samples-gallery"
+        )
     with gr.Row():
         checkpoints = gr.Markdown("No embedding saved yet.")
         messages = gr.Markdown(elem_id="run-messages")
