@@ -24,6 +24,7 @@ from ti_core.errors import ConfigError, TiError
 from ti_core.sampling import (
     DEFAULT_SCALE,
     DEFAULT_STEPS,
+    MAX_STEPS,
     MIN_SIZE,
     SAMPLERS,
     prompt_embeddings,
@@ -359,8 +360,8 @@ def _check_request(
         raise ConfigError("the prompt is empty. Describe the image, e.g. 'a photo of NAME'.")
     if min(width, height) < MIN_SIZE:
         raise ConfigError(f"size {width}x{height}: width and height must be at least {MIN_SIZE}.")
-    if not 1 <= steps <= 1000:
-        raise ConfigError(f"steps = {steps}: expected 1-1000.")
+    if not 1 <= steps <= MAX_STEPS:
+        raise ConfigError(f"steps = {steps}: expected 1-{MAX_STEPS}.")
     if scale < 0:
         raise ConfigError(f"scale = {scale}: the guidance scale cannot be negative.")
     if seed is not None and not 0 <= seed <= MAX_SEED:

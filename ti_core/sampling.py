@@ -23,6 +23,9 @@ from ti_core.run_folder import atomic_path
 log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = 30  # sd-scripts' sample_image_inference default
+# DDIM's timesteps run off the end of a 1000-step schedule at 1000 steps (IndexError); no
+# sampler here gains anything past a few hundred.
+MAX_STEPS = 500
 DEFAULT_SCALE = 7.5
 MIN_SIZE = 64
 # sd-scripts' --sample_sampler choices -> diffusers scheduler class and extra config.
@@ -182,8 +185,10 @@ def _prompt_from_dict(values: dict[str, Any], where: str) -> SamplePrompt:
     for key in ("width", "height"):
         if key in values and values[key] < MIN_SIZE:
             raise ConfigError(f"{where}: {key} = {values[key]}: expected at least {MIN_SIZE}.")
-    if not 1 <= values.get("sample_steps", 1) <= 1000:
-        raise ConfigError(f"{where}: sample_steps = {values['sample_steps']}: expected 1-1000.")
+    if not 1 <= values.get("sample_steps", 1) <= MAX_STEPS:
+        raise ConfigError(
+            f"{where}: sample_steps = {values['sample_steps']}: expected 1-{MAX_STEPS}."
+        )
     if values.get("seed", 0) < 0 or values.get("scale", 0) < 0:
         raise ConfigError(f"{where}: seed and scale cannot be negative.")
     sampler = values.get("sample_sampler")

@@ -46,6 +46,7 @@ def test_text_prompt_file_with_comments_and_options(tmp_path):
         ("a cat --w wide", r"prompts.txt:3: --w wide: expected a whole number"),
         ("a cat --l high", r"prompts.txt:3: --l high: expected a number"),
         ("a cat --x 5", r"prompts.txt:3: unknown option --x 5"),
+        ("a cat --s 1000", r"prompts.txt:3: sample_steps = 1000: expected 1-500"),
         ("a cat --ss plms", r"prompts.txt:3: sampler 'plms': expected one of ddim"),
         ("a cat --w 32", r"prompts.txt:3: width = 32: expected at least 64"),
         ("a cat --n", r"prompts.txt:3: option --n needs a value"),

@@ -111,7 +111,9 @@ def build(form: Form) -> GenerateTab:
     with gr.Row():
         width = gr.Number(512, label="width", precision=0, minimum=64, elem_id="generate-width")
         height = gr.Number(512, label="height", precision=0, minimum=64, elem_id="generate-height")
-        steps = gr.Number(30, label="steps", precision=0, minimum=1, elem_id="generate-steps")
+        steps = gr.Number(
+            30, label="steps", precision=0, minimum=1, maximum=500, elem_id="generate-steps"
+        )
         scale = gr.Number(7.5, label="CFG scale", minimum=0)
         seed = gr.Number(-1, label="seed", precision=0, info="-1: random")
     with gr.Row():
