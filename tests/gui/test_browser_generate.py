@@ -47,6 +47,9 @@ def test_generate_one_image_in_a_browser(gui_url, page, tmp_path):
 
     started = time.monotonic()
     page.locator("#generate-button").click()
+    page.wait_for_function(
+        "() => /Saved 1 image/.test(document.querySelector('#generate-messages').innerText)"
+    )
     page.locator("#generate-gallery img").first.wait_for()
     seconds = time.monotonic() - started
     print(f"Generate click to image shown: {seconds:.1f} s")
@@ -54,7 +57,7 @@ def test_generate_one_image_in_a_browser(gui_url, page, tmp_path):
     shown = page.locator("#generate-gallery").inner_text()
     assert "Error" not in page.locator("#generate-messages").inner_text()
     saved = list((tmp_path / "generated").glob("*.png"))
-    assert len(saved) == 1
+    assert len(saved) == 1, page.locator("#generate-messages").inner_text()
     page.locator("#generate-gallery img").first.click()  # the caption shows under the image
     caption = page.locator("#generate-gallery").inner_text()
     assert "4 steps" in shown + caption and "64x64" in shown + caption
