@@ -102,3 +102,11 @@ def chromium_page(timeout_ms: int, **page_options) -> Iterator:
         page.set_default_timeout(timeout_ms)
         yield page
         browser.close()
+
+
+def screenshot_path(name: str, tmp_path: Path) -> Path:
+    """Where a browser test saves its screenshot: the test's temporary folder, or docs/ (the
+    README's pictures) when TI_UPDATE_SCREENSHOTS=1, so a test run leaves the tree clean."""
+    folder = ROOT / "docs" if os.environ.get("TI_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import ROOT, chromium_page
+from conftest import chromium_page, screenshot_path
 
 pytestmark = pytest.mark.browser
 
@@ -15,9 +15,6 @@ pytestmark = pytest.mark.browser
 def page():
     with chromium_page(60_000) as page:
         yield page
-
-
-SCREENSHOT = ROOT / "docs" / "run-view.png"
 
 
 def shown_step(page) -> int:
@@ -51,7 +48,7 @@ def test_train_and_stop_the_demo_in_a_browser(training_gui, page, tmp_path):
     page.locator("#loss-chart canvas, #loss-chart svg").first.wait_for()
     page.locator("#samples-gallery img").first.wait_for()
     page.locator("#run-progress").scroll_into_view_if_needed()
-    page.screenshot(path=str(SCREENSHOT))
+    page.screenshot(path=str(screenshot_path("run-view.png", tmp_path)))
 
     page.reload()  # the run lives in the GUI process: a new page finds it again
     page.get_by_role("tab", name="Run").click()

@@ -4,15 +4,11 @@ type a prompt, press Generate, see the image with its settings in the gallery.""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
-from conftest import chromium_page
+from conftest import chromium_page, screenshot_path
 
 pytestmark = pytest.mark.browser
-
-ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOT = ROOT / "docs" / "generate-tab.png"
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +57,7 @@ def test_generate_one_image_in_a_browser(gui_url, page, tmp_path):
     page.locator("#generate-gallery img").first.click()  # the caption shows under the image
     caption = page.locator("#generate-gallery").inner_text()
     assert "4 steps" in shown + caption and "64x64" in shown + caption
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.screenshot(path=str(screenshot_path("generate-tab.png", tmp_path)), full_page=True)
 
     # A bad file is a message in the tab, not a traceback; the loaded model stays.
     page.get_by_label("Embedding file").first.fill(str(tmp_path / "missing.safetensors"))
