@@ -335,7 +335,8 @@ def _draw(
 ) -> tuple[Image.Image, int, int]:
     """Paste the cells under a title line and a seed header, right of a label column."""
     cell_width, cell_height = images[0][0].size
-    font = ImageFont.load_default(size=max(10, min(32, min(cell_width, cell_height) // 16)))
+    # Below 12 px the default font's spaces all but vanish ("a photoofdemotoy").
+    font = ImageFont.load_default(size=max(12, min(32, min(cell_width, cell_height) // 16)))
     size = font.size
     while size > 6 and max(font.getlength(text) for text in columns) > cell_width - 4:
         size -= 1
