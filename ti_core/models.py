@@ -103,7 +103,7 @@ def load_model(
     what it is wins over a missing flag, and a --v2 that contradicts the file is an error.
     `device` (sd-scripts' --lowram): a CUDA device to load the weights straight into, so the
     whole model never sits in RAM; None loads into RAM as usual."""
-    placement = _placement(device)
+    gpu = _gpu_device(device)
     if not name:
         raise ModelError(
             "No base model given: set pretrained_model_name_or_path (a diffusers folder, "
@@ -112,18 +112,18 @@ def load_model(
     path = Path(resolve_model_path(name))
     if path.is_dir():
         family, v_pred = _reconcile(name, folder_info(path), v2, v_parameterization)
-        pipeline = _load_folder(path, family, dtype, placement)
+        pipeline = _load_folder(path, family, dtype, gpu)
     elif path.is_file() or path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         if not path.is_file():
             raise ModelError(
                 f"{path}: file not found. Check the path (or pick a diffusers folder)."
             )
         family, v_pred = _reconcile(name, inspect_model(str(path)), v2, v_parameterization)
-        pipeline = _load_single_file(path, family, v_pred, dtype, placement)
+        pipeline = _load_single_file(path, family, v_pred, dtype, gpu)
     elif not _looks_like_hub_id(name):
         raise ModelError(f"{name}: no such file or folder. Check the path.")
     else:
-        pipeline = _load_hub(name, dtype, placement)
+        pipeline = _load_hub(name, dtype, gpu)
         detected = CheckpointInfo(
             _family_of(pipeline),
             pipeline.scheduler.config.get("prediction_type") == "v_prediction",
@@ -195,23 +195,21 @@ def _no_safety_checker(family: str) -> dict[str, Any]:
     return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
 
-def _placement(device: Any) -> dict[str, Any]:
-    """diffusers' arguments that load weights straight onto `device` (a CUDA device)."""
+def _gpu_device(device: Any) -> str | None:
+    """The CUDA device to load weights straight onto (--lowram), or None for RAM."""
     if device is None or getattr(device, "type", str(device)) != "cuda":
-        return {}
-    # Pipelines take a device_map naming the device type; single files pass `device` on to
-    # each part they build.
-    return {"device_map": "cuda", "device": str(device)}
+        return None
+    return str(device)
 
 
-def _load_folder(path: Path, family: str, dtype: Any, placement: dict[str, Any]) -> Any:
+def _load_folder(path: Path, family: str, dtype: Any, gpu: str | None) -> Any:
     with _as_model_error(path):
         return _pipeline_class(family).from_pretrained(
             str(path),
             local_files_only=True,
             torch_dtype=dtype,
             **_no_safety_checker(family),
-            **({"device_map": placement["device_map"]} if placement else {}),
+            **({"device_map": "cuda"} if gpu else {}),  # pipelines take the device type
         )
 
 
@@ -242,9 +240,7 @@ def load_tokenizer(pad_token: str | None = None) -> Any:
     return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), **extra)
 
 
-def _load_single_file(
-    path: Path, family: str, v_pred: bool, dtype: Any, placement: dict[str, Any]
-) -> Any:
+def _load_single_file(path: Path, family: str, v_pred: bool, dtype: Any, gpu: str | None) -> Any:
     tokenizers = {"tokenizer": load_tokenizer("!" if family == "sd2" else None)}
     if family == "sdxl":
         tokenizers["tokenizer_2"] = load_tokenizer("!")
@@ -257,7 +253,7 @@ def _load_single_file(
             scheduler=_scheduler_from_config(config_dir),
             **tokenizers,
             **_no_safety_checker(family),
-            **({"device": placement["device"]} if placement else {}),
+            **({"device": gpu} if gpu else {}),  # passed on to each part it builds
         )
 
 
@@ -275,7 +271,7 @@ def _scheduler_with_prediction(scheduler: Any, v_pred: bool) -> Any:
     return type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
 
 
-def _load_hub(name: str, dtype: Any, placement: dict[str, Any]) -> Any:
+def _load_hub(name: str, dtype: Any, gpu: str | None) -> Any:
     """A hub id: from the local cache, or downloaded when online (the only network path)."""
     from diffusers import DiffusionPipeline
 
@@ -290,7 +286,7 @@ def _load_hub(name: str, dtype: Any, placement: dict[str, Any]) -> Any:
                 torch_dtype=dtype,
                 safety_checker=None,
                 requires_safety_checker=False,
-                **({"device_map": placement["device_map"]} if placement else {}),
+                **({"device_map": "cuda"} if gpu else {}),  # pipelines take the device type
             )
         except Exception as caught:  # noqa: BLE001 - every failure becomes one message below
             error = caught
