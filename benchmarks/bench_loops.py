@@ -1,6 +1,6 @@
 """The two training loops the benchmark compares, and how one is measured.
 
-`ours` is built from the functions ti_core/train.py runs (prepare_model, build_batches with
+`ours` is built from the functions ti_core/training/loop.py runs (prepare_model, build_batches with
 the latent cache, step_loss, backward, optimizer_step): the trained rows are a small (N, dim)
 parameter spliced into the embedding lookup. `reference` is written the way the common public
 Textual Inversion example (diffusers examples/textual_inversion/textual_inversion.py) trains:
@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from bench_setup import LEARNING_RATE, TOKEN_STRING, bench_config
 
-from ti_core.diffusion import training_scheduler
-from ti_core.models import LoadedModel, load_model
-from ti_core.tokens import add_placeholders, text_parts
-from ti_core.train_setup import Precision, choose_precision
+from ti_core.embeddings.specs import embedding_specs
+from ti_core.embeddings.tokens import add_embeddings, add_placeholders, text_parts
+from ti_core.models.loading import LoadedModel, load_model
+from ti_core.training.diffusion import training_scheduler
+from ti_core.training.setup import Precision, choose_precision
 
 log = logging.getLogger("bench")
 Step = Callable[[], float]  # one optimizer step; returns the loss
@@ -83,18 +84,19 @@ def measure(loop: str, options: Any) -> dict[str, Any]:
 
 
 def our_loop(loaded: LoadedModel, options: Any, precision: Precision) -> tuple[Step, int]:
-    """ti_core/train.py's set-up and step, without the run folder around them."""
-    from ti_core.optim import build_optimizer, build_scheduler
-    from ti_core.train import backward, optimizer_step, step_loss
-    from ti_core.train_setup import build_batches, prepare_model
-    from ti_core.training_data import dataset_specs
+    """ti_core/training/loop.py's set-up and step, without the run folder around them."""
+    from ti_core.data.run_data import dataset_specs
+    from ti_core.training.loop import backward, optimizer_step, step_loss
+    from ti_core.training.optim import build_optimizer, build_scheduler
+    from ti_core.training.setup import build_batches, prepare_model
 
     config = bench_config(options.data, options.resolution, options.batch, options.seed,
                           options.precision, cache_latents=True)  # fmt: skip
     tokenizers, text_encoders = text_parts(loaded.pipeline)
-    placeholders = add_placeholders(tokenizers, text_encoders, TOKEN_STRING,
-                                    config.token.init_word)  # fmt: skip
-    model = prepare_model(loaded, placeholders, tokenizers, text_encoders, config, precision)
+    embeddings = embedding_specs(config)
+    placeholders = add_embeddings(tokenizers, text_encoders, embeddings)
+    model = prepare_model(loaded, embeddings, placeholders, tokenizers, text_encoders, config,
+                          precision)  # fmt: skip
     batches = build_batches(config, dataset_specs(config), model, precision)
     optimizer = build_optimizer(model.parameters, "AdamW", LEARNING_RATE, [])
     lr_schedule = build_scheduler(optimizer, "constant", LEARNING_RATE, total_steps(options))
@@ -122,8 +124,8 @@ def reference_loop(loaded: LoadedModel, options: Any, precision: Precision) -> t
     from diffusers.optimization import get_scheduler
 
     from ti_core.data.batches import EpochBatches, prepare_images, sdxl_time_ids
+    from ti_core.data.run_data import caption_maker, dataset_specs
     from ti_core.data.sources import discover_images
-    from ti_core.training_data import caption_maker, dataset_specs
 
     config = bench_config(options.data, options.resolution, options.batch, options.seed,
                           options.precision, cache_latents=False)  # fmt: skip

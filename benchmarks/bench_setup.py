@@ -14,8 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ti_core.config import Config
-from ti_core.models import ASSETS, cache_root
+from ti_core.config.run_config import Config
+from ti_core.models.assets import ASSETS
+from ti_core.models.demo import cache_root
 
 log = logging.getLogger("bench")
 
@@ -33,8 +34,8 @@ def bench_dir() -> Path:
 
 def prepare(family: str, size: str, num_images: int, seed: int) -> dict[str, str]:
     """The model folder and dataset folder both loops read; built on first use, then reused."""
-    from ti_core.demo_dataset import demo_dataset
-    from ti_core.models import demo_dir
+    from ti_core.models.demo import demo_dir
+    from ti_core.models.demo_dataset import demo_dataset
 
     model = demo_dir(family) / "model" if size == "tiny" else real_model(family, seed)
     data = bench_dir() / f"data-{num_images}-seed{seed}"
@@ -73,7 +74,7 @@ def build_real_pipeline(family: str, seed: int) -> Any:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from ti_core.models import load_tokenizer
+    from ti_core.models.tokenizer import load_tokenizer
 
     configs = ASSETS / "models" / REAL_CONFIGS[family]
     torch.manual_seed(seed)

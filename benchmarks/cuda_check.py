@@ -47,7 +47,7 @@ def case_command(flags: list[str], run_dir: Path, steps: int) -> list[str]:
     model = f"demo:{family}"
     if "--single_file" in flags:
         flags = [f for f in flags if f != "--single_file"]
-        code = f"from ti_core.models import demo_dir; print(demo_dir({family!r}))"
+        code = f"from ti_core.models.demo import demo_dir; print(demo_dir({family!r}))"
         from_cache = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
         ).stdout.strip()

@@ -1,5 +1,10 @@
 """User-facing errors: the CLI prints them as one line (exit code 2), the GUI as a message."""
 
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
 
 class TiError(Exception):
     """A mistake the user can fix; the message says what is wrong, where, and what to do."""
@@ -19,3 +24,10 @@ class DatasetError(TiError):
 
 class TokenError(TiError):
     """A token string, init word or starting embedding that cannot make the placeholder tokens."""
+
+
+def closest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The choice a mistyped `word` most likely meant (case-insensitive), for "did you mean"."""
+    by_lower = {choice.lower(): choice for choice in choices}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=cutoff)
+    return by_lower[close[0]] if close else None

@@ -13,15 +13,15 @@ from typing import Any
 
 import gradio as gr
 
-from ti_core.config import FIELDS, Config, FieldInfo
-from ti_core.config_io import check_combinations, parse_resolution, set_option
+from ti_core.config.run_config import FIELDS, Config, FieldInfo
+from ti_core.config.toml_io import check_combinations, parse_resolution, set_option
+from ti_core.embeddings.token_preview import preview
 from ti_core.errors import TiError
-from ti_core.token_preview import preview
+from ti_core.models.checkpoint_info import looks_like_hub_id
 
 INVALID_CLASS = "ti-invalid"  # marks a widget whose value the config refuses (see app.CSS)
 PROBLEM_MARK = "\u26a0 "  # starts a widget's info text while it shows a problem instead of help
 VALID_MESSAGE = "**Valid.**"  # the form status when Train may start
-HUB_ID_PARTS = 2  # "owner/name": a model name that is no local path is taken as a hub id
 
 
 def field_label(info: FieldInfo) -> str:
@@ -232,21 +232,16 @@ def check_ready(config: Config) -> dict[str, str]:
             "pretrained_model_name_or_path is empty: name a .safetensors/.ckpt file, a "
             "diffusers folder, a hub id, or demo:sd1."
         )
-    else:
-        _missing_path(problems, "pretrained_model_name_or_path", model, hub_id_allowed=True)
-    _missing_path(problems, "vae", config.model.vae, hub_id_allowed=True)
-    _missing_path(problems, "weights", token.weights)
     data = config.dataset
-    if data.dataset_config:
-        _missing_path(problems, "dataset_config", data.dataset_config)
-    elif not data.train_data_dir and not data.in_json:
+    if not data.dataset_config and not data.train_data_dir and not data.in_json:
         problems["train_data_dir"] = (
             "no images to train on: set train_data_dir (a folder of N_name subfolders) or "
             "dataset_config (an sd-scripts dataset TOML)."
         )
-    _missing_path(problems, "train_data_dir", data.train_data_dir)
-    _missing_path(problems, "reg_data_dir", data.reg_data_dir)
-    _missing_path(problems, "in_json", data.in_json)
+    for name, info in FIELDS.items():  # every path option the run reads (not ones it makes)
+        if info.path and not info.made_by_run and name not in problems:
+            value = getattr(getattr(config, info.section), name)
+            _missing_path(problems, name, value, hub_id_allowed=info.hub_id)
     return problems
 
 
@@ -258,18 +253,6 @@ def _missing_path(
     value = (value or "").strip()
     if not value or value.startswith("demo:") or Path(value).expanduser().exists():
         return
-    if hub_id_allowed and _looks_like_hub_id(value):
+    if hub_id_allowed and looks_like_hub_id(value):
         return
     problems[name] = f"{name} = {value}: not found on this computer; check the path."
-
-
-def _looks_like_hub_id(value: str) -> bool:
-    """ "owner/name" with no file extension, not absolute or relative-looking."""
-    parts = value.split("/")
-    return (
-        len(parts) == HUB_ID_PARTS
-        and all(parts)
-        and not value.startswith((".", "~"))
-        and "\\" not in value
-        and Path(value).suffix.lower() not in (".safetensors", ".ckpt", ".pt", ".bin")
-    )

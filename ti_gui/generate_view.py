@@ -13,8 +13,10 @@ from typing import Any
 
 from PIL import Image
 
-from ti_core.run_folder import read_new_events
-from ti_core.token_preview import TOKEN_BUDGETS
+from ti_core.config.options import FieldInfo
+from ti_core.embeddings.token_preview import TOKEN_BUDGETS
+from ti_core.generation.options import OPTIONS
+from ti_core.run_folder.reader import read_run_folder
 from ti_gui.generation_client import GenerationClient
 from ti_gui.supervisor import list_runs
 from ti_gui.tabs import token_tab
@@ -66,13 +68,9 @@ def _whole(value: Any, default: int) -> int:
 
 def final_embedding(folder: str | Path) -> str:
     """The `done` event's file, else the last checkpoint that still exists ("" if none)."""
-    events, _ = read_new_events(Path(folder) / "events.jsonl", 0)
-    done = [e.get("path") for e in events if e.get("type") == "done" and e.get("path")]
-    saved = [e.get("path") for e in events if e.get("type") == "checkpoint" and e.get("path")]
-    for path in [*done[-1:], *reversed(saved)]:
-        if Path(str(path)).is_file():
-            return str(path)
-    return ""
+    history = read_run_folder(folder)
+    path = history.final_file() or next(reversed(history.checkpoint_files()), None)
+    return str(path or "")
 
 
 def generated_folder(runs_root: str | Path) -> Path:
@@ -192,19 +190,22 @@ def generate(
 
 
 def generate_options(values: dict[str, Any]) -> dict[str, Any]:
-    """The widgets' values as the worker's generate fields (an empty seed: a random one)."""
-    seed = values.get("seed")
-    options = {
-        "prompt": str(values.get("prompt") or ""),
-        "negative_prompt": str(values.get("negative_prompt") or ""),
-        "seed": None if seed in (None, "") or int(seed) < 0 else int(seed),
-        "scale": float(values.get("scale") or 0),
-        "sampler": str(values.get("sampler") or "ddim"),
-    }
-    for key in ("width", "height", "steps", "batch_count", "batch_size", "clip_skip"):
-        options[key] = int(values.get(key) or 0)
-    options["max_token_length"] = int(values.get("max_token_length") or 75)
-    return options
+    """The widgets' values, by GenerateOptions field name, as the worker's fields: a number box
+    gives the field's type, an empty box the field's default (an empty seed: a random one).
+    A value that cannot be converted is sent as it is: the worker names it in its reply."""
+    return {name: _option_value(OPTIONS[name], value) for name, value in values.items()}
+
+
+def _option_value(info: FieldInfo, value: Any) -> Any:
+    if value is None or (isinstance(value, str) and not value.strip() and info.type is not str):
+        return info.default
+    if info.type in (int, float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return value
+        return int(number) if info.type is int and number.is_integer() else number
+    return value
 
 
 def gallery_images(shown: list[tuple[str, str]]) -> list[tuple[Image.Image, str]]:
@@ -238,7 +239,7 @@ def render_prompt_preview(prompt: str, embeddings: list[dict[str, Any]], budget:
 def _many_triggers_preview(prompt: str, used: list[dict[str, Any]], budget: int) -> str:
     # The token_preview tokenizer with every loaded token word added (as the worker's
     # tokenizer has them), and triggers expanded as the worker expands them.
-    from ti_core.token_preview import _base_vocab, _readable, _tokenizer
+    from ti_core.embeddings.token_preview import _base_vocab, _readable, _tokenizer
 
     words = {e["trigger"]: e.get("tokens") or [e["trigger"]] for e in used}
     multi = sorted((t for t, w in words.items() if len(w) > 1), key=len, reverse=True)

@@ -15,19 +15,14 @@ from typing import Any
 
 import gradio as gr
 
+from ti_core.config.options import FILE, FOLDER
+from ti_core.config.run_config import FIELDS
 from ti_gui.fields import Form
 
-FILE, FOLDER, EITHER = "file", "folder", "file or folder"
-# option name -> what it names, and the file endings offered (others are hidden)
+# option name -> what it names, and the file endings offered (others are hidden): read from
+# the option's declaration (ti_core/config/run_config.py, path= and suffixes=)
 PATH_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "pretrained_model_name_or_path": (EITHER, (".safetensors", ".ckpt")),
-    "vae": (EITHER, (".safetensors", ".ckpt", ".pt", ".bin")),
-    "weights": (FILE, (".safetensors", ".pt", ".bin")),
-    "dataset_config": (FILE, (".toml",)),
-    "train_data_dir": (FOLDER, ()),
-    "reg_data_dir": (FOLDER, ()),
-    "output_dir": (FOLDER, ()),
-    "sample_prompts": (FILE, (".txt", ".toml", ".json")),
+    name: (info.path, info.suffixes) for name, info in FIELDS.items() if info.path
 }
 UP = "⬆ .. (up one folder)"
 FOLDER_MARK = "📁 "

@@ -9,7 +9,8 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from ti_gui.supervisor import CONSOLE_LOG, RunState, saved_state, tail
+from ti_core.run_folder.names import CONSOLE_LOG, LOG_FILE
+from ti_gui.supervisor import RunState, saved_state, tail
 
 MAX_CHART_POINTS = 1500
 SMOOTHING = 0.9  # exponential moving average of the loss, as TensorBoard's slider
@@ -140,12 +141,12 @@ def resume_status(state: RunState, live: bool, another_running: bool) -> tuple[b
 def checkpoints_markdown(state: RunState) -> str:
     if not state.checkpoints:
         return "No embedding saved yet."
-    lines = [f"- step {step}: `{path}`" for step, path in state.checkpoints[-20:]]
+    lines = [f"- step {saved.step}: `{saved.path}`" for saved in state.checkpoints[-20:]]
     return "**Saved embeddings**\n\n" + "\n".join(lines)
 
 
 def log_text(folder: Path, lines: int = 40) -> str:
-    return tail(folder / "train.log", lines) or tail(folder / CONSOLE_LOG, lines)
+    return tail(folder / LOG_FILE, lines) or tail(folder / CONSOLE_LOG, lines)
 
 
 def snapshot(state: RunState, live: bool, exit_code: int | None) -> dict[str, Any]:
@@ -159,8 +160,8 @@ def snapshot(state: RunState, live: bool, exit_code: int | None) -> dict[str, An
         "step": state.last_step.get("step", 0),
         "total_steps": state.last_step.get("total_steps", 0),
         "losses": len(state.losses),
-        "checkpoints": [path for _, path in state.checkpoints],
-        "samples": [path for path, _, _ in state.samples],
+        "checkpoints": [saved.path for saved in state.checkpoints],
+        "samples": [sample.path for sample in state.samples],
         "warnings": state.warnings,
         "errors": [message for message, _ in state.errors],
         # Not the done event itself: gradio_client would take a dict with "path" for a file.

@@ -18,21 +18,28 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ti_core.config import Config
-from ti_core.config_io import config_to_toml, load_config, write_text_atomic
+from ti_core.atomic import write_text_atomic
+from ti_core.config.run_config import Config
+from ti_core.config.toml_io import config_to_toml, load_config
 from ti_core.errors import TiError
-from ti_core.run_folder import FLAGS, read_new_events
+from ti_core.run_folder.names import (
+    CONFIG_FILE,
+    CONSOLE_LOG,
+    EVENTS_FILE,
+    FLAGS,
+    PID_FILE,
+    PROMPTS_FILE,
+    STATE_DIR,
+    STATE_FILE,
+    STOP,
+)
+from ti_core.run_folder.reader import RunReader, Sample, Saved
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONSOLE_LOG = "console.log"  # the child's stdout/stderr: errors before train.log exists
-PROMPTS_FILE = "sample_prompts.txt"
-PID_FILE = "train.pid"  # {"pid": ..., "config": ...} of the training child the GUI started
 REATTACH_RUNS = 10  # newest run folders looked at for a run that outlived its GUI
-STATE_DIR, STATE_FILE = "state", "state.pt"  # where ti_core.train_outputs saves resumable state
 STOP_GRACE_S = 10.0
 KILL_AFTER_S = 5.0
 
@@ -41,56 +48,45 @@ class RunError(TiError):
     """A run cannot be started or asked to act (one is running already, no run, ...)."""
 
 
-@dataclass
-class RunState:
-    """What the Run view draws for one run folder, built from its events.jsonl. A folder
-    trained again holds several runs one after another; this shows the latest."""
+class RunState(RunReader):
+    """What the Run view draws for one run folder: its latest run, as the engine's reader folds
+    events.jsonl (a folder trained again holds several runs one after another)."""
 
-    folder: Path
-    offset: int = 0
-    events: int = 0
-    phase: str = ""
-    losses: list[tuple[int, float]] = field(default_factory=list)
-    last_step: dict[str, Any] = field(default_factory=dict)
-    samples: list[tuple[str, str, int]] = field(default_factory=list)  # path, prompt, step
-    checkpoints: list[tuple[int, str]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    errors: list[tuple[str, str]] = field(default_factory=list)
-    done: dict[str, Any] | None = None
+    @property
+    def events(self) -> int:
+        return self.latest.events
 
-    def refresh(self) -> bool:
-        """Read events written since the last call; True when there were any."""
-        new, self.offset = read_new_events(self.folder / "events.jsonl", self.offset)
-        for event in new:
-            self.apply(event)
-        return bool(new)
+    @property
+    def phase(self) -> str:
+        return self.latest.phase
 
-    def apply(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == "status" and event.get("phase") == "loading" and self.events:
-            self.reset()  # the folder's next run begins
-        self.events += 1
-        if kind == "status":
-            self.phase = str(event.get("phase", ""))
-        elif kind == "step":
-            self.last_step = event
-            loss = event.get("loss")
-            if isinstance(loss, (int, float)):
-                self.losses.append((int(event.get("step", 0)), float(loss)))
-        elif kind == "sample":
-            self.samples.append((event["path"], event.get("prompt", ""), event.get("step", 0)))
-        elif kind == "checkpoint":
-            self.checkpoints.append((int(event.get("step", 0)), str(event.get("path", ""))))
-        elif kind == "warning":
-            self.warnings.append(str(event.get("message", "")))
-        elif kind == "error":
-            self.errors.append((str(event.get("message", "")), str(event.get("hint", ""))))
-        elif kind == "done":
-            self.done = event
+    @property
+    def last_step(self) -> dict[str, Any]:
+        return self.latest.last_step
 
-    def reset(self) -> None:
-        keep = self.folder, self.offset
-        self.__init__(*keep)  # type: ignore[misc]
+    @property
+    def losses(self) -> list[tuple[int, float]]:
+        return self.latest.losses
+
+    @property
+    def samples(self) -> list[Sample]:
+        return self.latest.samples
+
+    @property
+    def checkpoints(self) -> list[Saved]:
+        return self.latest.checkpoints
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.latest.warnings
+
+    @property
+    def errors(self) -> list[tuple[str, str]]:
+        return self.latest.errors
+
+    @property
+    def done(self) -> dict[str, Any] | None:
+        return self.latest.done
 
 
 class Supervisor:
@@ -127,10 +123,9 @@ class Supervisor:
                 prompts = folder / PROMPTS_FILE
                 write_text_atomic(prompts, sample_prompts.strip() + "\n")
                 config.sampling.sample_prompts = str(prompts)
-            config_path = folder / "config.toml"
+            config_path = folder / CONFIG_FILE
             write_text_atomic(config_path, config_to_toml(config))
-            state = RunState(folder)
-            state.offset = _size(folder / "events.jsonl")  # events of earlier runs stay unread
+            state = RunState(folder, offset=_size(folder / EVENTS_FILE))  # earlier runs unread
             self._states[folder] = state
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             env["PYTHONPATH"] = os.pathsep.join(
@@ -178,7 +173,7 @@ class Supervisor:
                 f"{folder} has no saved state ({STATE_DIR}/{STATE_FILE}); a run saves one "
                 "when save_state is on."
             )
-        config = load_config(folder / "config.toml")
+        config = load_config(folder / CONFIG_FILE)
         config.saving.output_dir, config.saving.resume = str(folder), str(state)
         return self.start(config)
 
@@ -192,7 +187,7 @@ class Supervisor:
             state.refresh()
             if folder == self.folder and state.events and self.stop_pending:
                 self.stop_pending = False
-                (folder / "STOP").touch()
+                (folder / STOP).touch()
             return state
 
     def exit_code(self, folder: str | Path) -> int | None:
@@ -231,7 +226,7 @@ class Supervisor:
             if self.stop_pressed_at is None:
                 self.stop_pressed_at = now
                 if self.state(self.folder).events:
-                    (self.folder / "STOP").touch()
+                    (self.folder / STOP).touch()
                 else:
                     self.stop_pending = True
                 return "Stopping: the run saves its embedding and ends after the current step."
@@ -362,9 +357,9 @@ def list_runs(root: str | Path) -> list[Path]:
     root = Path(root).expanduser()
     if not root.is_dir():
         return []
-    found = {p.parent.resolve() for p in root.glob("events.jsonl")}
-    found |= {p.parent.resolve() for p in root.glob("*/events.jsonl")}
-    return sorted(found, key=lambda p: _mtime(p / "events.jsonl"), reverse=True)
+    found = {p.parent.resolve() for p in root.glob(EVENTS_FILE)}
+    found |= {p.parent.resolve() for p in root.glob(f"*/{EVENTS_FILE}")}
+    return sorted(found, key=lambda p: _mtime(p / EVENTS_FILE), reverse=True)
 
 
 def _mtime(path: Path) -> float:

@@ -1,4 +1,4 @@
-"""Keep README.md's option table in step with ti_core/config.py.
+"""Keep README.md's option table in step with ti_core/config/run_config.py.
 
 python tools/options_table.py          rewrite the table in README.md
 python tools/options_table.py --check  exit 1 if README.md's table is out of date
@@ -12,8 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ti_core.config import FIELDS, SECTIONS  # noqa: E402
-from ti_core.config_io import show  # noqa: E402
+from ti_core.config.run_config import FIELDS, SECTIONS  # noqa: E402
+from ti_core.config.toml_io import show  # noqa: E402
 
 README = ROOT / "README.md"
 START, END = "<!-- options:start -->", "<!-- options:end -->"

@@ -16,16 +16,14 @@ from PIL import Image
 from ti_core.data.batches import (
     EpochBatches,
     balanced_repeats,
-    color_augment,
-    load_pixels,
     make_loader,
     prepare_images,
     sdxl_time_ids,
-    shift_hue,
 )
+from ti_core.data.pixels import color_augment, load_pixels, shift_hue
 from ti_core.data.spec import DatasetSpec, ImageEntry, SubsetSpec
-from ti_core.demo_dataset import demo_dataset
 from ti_core.errors import DatasetError
+from ti_core.models.demo_dataset import demo_dataset
 
 
 def caption_of(entry: ImageEntry, epoch: int, rng: random.Random) -> str:

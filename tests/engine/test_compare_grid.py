@@ -16,8 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ti_core.__main__ import main
-from ti_core.compare_grid import (
+from ti_core.cli.main import main
+from ti_core.embeddings.writers import save_embedding
+from ti_core.errors import ConfigError, TiError
+from ti_core.generation.generator import Generator
+from ti_core.generation.grid import (
     MAX_CELLS,
     Checkpoint,
     compare_grid,
@@ -27,10 +30,7 @@ from ti_core.compare_grid import (
     save_grid,
     spread,
 )
-from ti_core.embedding_writers import save_embedding
-from ti_core.errors import ConfigError, TiError
-from ti_core.generate import Generator
-from ti_core.run_folder import RunFolder
+from ti_core.run_folder.writer import RunFolder
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"width": 64, "height": 64, "steps": 2}
@@ -106,7 +106,7 @@ def test_each_cell_is_the_image_the_generator_makes_for_that_checkpoint(generato
     try:
         rows = [run / "demotoy-step00000004.safetensors", final]
         seeds = [1, 2, 3]
-        result = compare_grid(generator, rows, seeds, PROMPT, trigger="demotoy", **SMALL)
+        result = compare_grid(generator, rows, seeds, prompt=PROMPT, trigger="demotoy", **SMALL)
         assert list(generator.embeddings) == ["othertoy", "demotoy"]
         assert generator.embeddings["demotoy"].path == str(final)
         assert result.rows == ["step 4", "final (step 7)"]
@@ -121,7 +121,7 @@ def test_each_cell_is_the_image_the_generator_makes_for_that_checkpoint(generato
         for row, path in enumerate(rows):
             generator.add_embedding(path, "demotoy")
             for column, seed in enumerate(seeds):
-                ((image, _),) = generator.generate(PROMPT, seed=seed, **SMALL)
+                ((image, _),) = generator.generate(prompt=PROMPT, seed=seed, **SMALL)
                 assert np.array_equal(cells[row][column], np.asarray(image)), (row, column)
             generator.remove_embedding("demotoy")
         assert not np.array_equal(cells[0][0], cells[1][0])  # the checkpoints differ
@@ -147,25 +147,25 @@ def test_mistakes_are_clear_errors_that_leave_the_loaded_embeddings(generator, r
     before = generator.encode_prompt(PROMPT)["prompt_embeds"]
     xl_vectors = [torch.randn(2, 32), torch.randn(2, 64)]
     (sdxl,) = save_embedding(tmp_path / "xltoy", xl_vectors, token_string="xltoy", family="sdxl")
-    grid = {"trigger": "demotoy", **SMALL}
+    grid = {"prompt": PROMPT, "trigger": "demotoy", **SMALL}
     try:
         with pytest.raises(ConfigError, match="no checkpoints"):
-            compare_grid(generator, [], [1], PROMPT, **grid)
+            compare_grid(generator, [], [1], **grid)
         with pytest.raises(ConfigError, match="no seeds"):
-            compare_grid(generator, [final], [], PROMPT, **grid)
+            compare_grid(generator, [final], [], **grid)
         with pytest.raises(ConfigError, match=f"at most {MAX_CELLS}"):
-            compare_grid(generator, [final] * 5, list(range(13)), PROMPT, **grid)
+            compare_grid(generator, [final] * 5, list(range(13)), **grid)
         with pytest.raises(TiError, match="missing.safetensors: checkpoint file not found"):
-            compare_grid(generator, [final, tmp_path / "missing.safetensors"], [1], PROMPT, **grid)
+            compare_grid(generator, [final, tmp_path / "missing.safetensors"], [1], **grid)
         with pytest.raises(TiError, match=r"xltoy.safetensors: .*Use an embedding trained for"):
-            compare_grid(generator, [final, sdxl], [1], PROMPT, **grid)
-        with pytest.raises(TiError, match="expected 1-500"):
-            compare_grid(generator, [final], [1], PROMPT, **{**grid, "steps": 0})
+            compare_grid(generator, [final, sdxl], [1], **grid)
+        with pytest.raises(TiError, match="steps = 0: expected at least 1"):
+            compare_grid(generator, [final], [1], **{**grid, "steps": 0})
         assert list(generator.embeddings) == ["demotoy"]
         assert torch.equal(generator.encode_prompt(PROMPT)["prompt_embeds"], before)
 
         # No trigger in the prompt: a grid with a warning (every row alike), not an error.
-        plain = compare_grid(generator, [final], [1], "a toy", **{**grid, "steps": 1})
+        plain = compare_grid(generator, [final], [1], **{**grid, "prompt": "a toy", "steps": 1})
         assert "does not contain the trigger word 'demotoy'" in plain.warnings[0]
     finally:
         generator.remove_embedding("demotoy")

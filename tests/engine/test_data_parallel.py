@@ -11,9 +11,9 @@ import sys
 import torch
 from conftest import ROOT
 
-from ti_core.embedding_files import read_embedding
-from ti_core.models import demo_dir
-from ti_core.run_folder import read_events
+from ti_core.embeddings.files import read_embedding
+from ti_core.models.demo import demo_dir
+from ti_core.run_folder.writer import read_events
 
 
 def test_two_processes_train_one_run(tmp_path, demo_cache):

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ti_core.demo import make_demo
-from ti_core.demo_dataset import DEMO_TOKEN
 from ti_core.errors import TiError
-from ti_core.models import load_tokenizer
+from ti_core.models.demo import make_demo
+from ti_core.models.demo_dataset import DEMO_TOKEN
+from ti_core.models.tokenizer import load_tokenizer
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 ARCHITECTURES = {
@@ -76,7 +76,7 @@ def test_single_file_loads_in_diffusers_to_the_folder_weights(demo_root, tmp_pat
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_single_file_says_what_it_is(demo_root, family):
-    from ti_core.checkpoint_info import read_safetensors_header
+    from ti_core.models.checkpoint_info import read_safetensors_header
 
     keys, metadata = read_safetensors_header(demo_root / family / "model.safetensors")
     architecture, prediction_type = ARCHITECTURES[family]

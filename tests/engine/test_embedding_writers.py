@@ -16,15 +16,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ti_core.embedding_files import read_embedding
-from ti_core.embedding_writers import (
+from ti_core.embeddings.files import read_embedding
+from ti_core.embeddings.writers import (
     convert_embedding,
     read_with_second_encoder,
     save_embedding,
     torch_2_1_layout,
 )
 from ti_core.errors import TiError
-from ti_core.models import load_model
+from ti_core.models.loading import load_model
 
 # AUTOMATIC1111 v1.10, modules/safe.py: the zip entries and pickle globals its loader allows.
 A1111_ZIP_NAMES = re.compile(

@@ -10,11 +10,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ti_core.__main__ import main
-from ti_core.embedding_writers import convert_embedding, save_embedding
+from ti_core.cli.main import main
+from ti_core.embeddings.inspect import format_report, inspect_embedding
+from ti_core.embeddings.writers import convert_embedding, save_embedding
 from ti_core.errors import TiError
-from ti_core.generate import Generator, save_images
-from ti_core.inspect_embedding import format_report, inspect_embedding
+from ti_core.generation.generator import Generator, save_images
+from ti_core.generation.options import GenerateOptions
 
 SMALL = {"width": 64, "height": 64, "steps": 2, "scale": 7.5}
 
@@ -34,7 +35,7 @@ def generator() -> Generator:
 
 
 def pixels(generator: Generator, prompt: str = "a photo of demotoy", seed: int = 3) -> np.ndarray:
-    ((image, settings),) = generator.generate(prompt, seed=seed, **SMALL)
+    ((image, settings),) = generator.generate(prompt=prompt, seed=seed, **SMALL)
     assert settings["seed"] == seed
     return np.asarray(image)
 
@@ -104,7 +105,7 @@ def test_mistakes_are_clear_errors_and_the_generator_keeps_working(generator, tr
         with pytest.raises(TiError, match="not found"):
             generator.add_embedding(tmp_path / "missing.safetensors")
         with pytest.raises(TiError, match="the prompt is empty"):
-            generator.generate("  ", **SMALL)
+            generator.generate(prompt="  ", **SMALL)
         with pytest.raises(TiError, match="no embedding with trigger 'other'"):
             generator.remove_embedding("other")
         assert list(generator.embeddings) == ["demotoy"]
@@ -117,7 +118,7 @@ def test_mistakes_are_clear_errors_and_the_generator_keeps_working(generator, tr
 def test_long_prompts_are_chunked_or_cut_with_a_warning(generator, tmp_path):
     prompt = "a red toy on a table " * 20  # 120 tokens
     assert generator.encode_prompt(prompt, max_token_length=150)["prompt_embeds"].shape[1] == 152
-    results = generator.generate(prompt, seed=1, **{**SMALL, "steps": 1})
+    results = generator.generate(prompt=prompt, seed=1, **{**SMALL, "steps": 1})
     (warning,) = results[0][1]["warnings"]
     assert "120 tokens" in warning and "cut the last 45 tokens" in warning
     assert "max_token_length 150" in warning
@@ -135,5 +136,31 @@ def test_sdxl_embedding_generates_and_an_sd1_file_is_refused(trained, tmp_path):
     vectors = [torch.randn(2, width) for width in sdxl.widths]
     (path,) = save_embedding(tmp_path / "xltoy", vectors, token_string="xltoy", family="sdxl")
     sdxl.add_embedding(path)
-    ((image, settings),) = sdxl.generate("a photo of xltoy", seed=5, **SMALL)
+    ((image, settings),) = sdxl.generate(prompt="a photo of xltoy", seed=5, **SMALL)
     assert image.size == (64, 64) and settings["embeddings"] == "xltoy"
+
+
+def test_options_as_an_object_or_by_name_and_checked_as_declared(generator, tmp_path):
+    options = GenerateOptions(prompt="a toy", sampler="Euler_A", seed=4, **SMALL)
+    ((image, settings),) = generator.generate(options)
+    assert settings["sampler"] == "euler_a"
+    ((by_name, _),) = generator.generate(prompt="a toy", sampler="euler_a", seed=4, **SMALL)
+    assert np.array_equal(np.asarray(image), np.asarray(by_name))
+    with pytest.raises(TiError, match=r'sampler = "plms": expected one of "ddim", "pndm"'):
+        generator.generate(options, sampler="plms")
+    with pytest.raises(TiError, match=r"unknown generation option\(s\) stpes .*'steps'"):
+        generator.generate(options, stpes=2)
+    with pytest.raises(TiError, match=r"steps = 2.5: expected a whole number"):
+        generator.generate(options, steps=2.5)
+
+
+def test_the_generate_command_flags_are_the_options(tmp_path, capsys):
+    flags = ["generate", "--ckpt", "demo:sd1", "--prompt", "a toy", "--outdir", str(tmp_path)]
+    assert main([*flags, "--W", "32"]) == 2  # refused before the model loads
+    assert "--W = 32: expected at least 64" in capsys.readouterr().err
+    flags += ["--W", "64", "--H", "64", "--steps", "1", "--seed", "5", "--device", "cpu"]
+    assert main([*flags, "--images_per_prompt", "3", "--batch_size", "2"]) == 0
+    written = sorted(tmp_path.glob("*.png"))
+    assert [path.name for path in written] == ["00000-5.png", "00001-6.png", "00002-7.png"]
+    text = Image.open(written[0]).text
+    assert (text["steps"], text["width"], text["sampler"]) == ("1", "64", "ddim")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ti_core.data.batches import EpochBatches, load_pixels, prepare_images
+from ti_core.data.batches import EpochBatches, prepare_images
 from ti_core.data.latents import (
     CACHE_KEY_FIELD,
     cache_latents,
@@ -24,10 +24,12 @@ from ti_core.data.latents import (
     scale_latents,
     vae_fingerprint,
 )
+from ti_core.data.pixels import load_pixels
 from ti_core.data.spec import DatasetSpec, ImageEntry, SubsetSpec
-from ti_core.demo_dataset import demo_dataset
 from ti_core.errors import DatasetError
-from ti_core.models import demo_dir, load_vae
+from ti_core.models.demo import demo_dir
+from ti_core.models.demo_dataset import demo_dataset
+from ti_core.models.loading import load_vae
 
 NUM_IMAGES = 4
 

@@ -10,9 +10,10 @@ import torch
 from conftest import ROOT
 from safetensors.torch import load_file, save_file
 
-from ti_core.__main__ import main
+from ti_core.cli.main import main
 from ti_core.errors import ModelError
-from ti_core.models import demo_dir, inspect_model, load_model
+from ti_core.models.demo import demo_dir
+from ti_core.models.loading import inspect_model, load_model
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 

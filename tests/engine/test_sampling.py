@@ -9,9 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
+from ti_core.config.run_config import FIELDS
 from ti_core.errors import ConfigError
-from ti_core.models import load_model
-from ti_core.sampling import SamplePrompt, generate_samples, make_scheduler, parse_prompt_file
+from ti_core.generation.options import OPTIONS
+from ti_core.generation.sampler_names import SAMPLERS
+from ti_core.generation.samplers import (
+    SamplePrompt,
+    generate_samples,
+    make_scheduler,
+    parse_prompt_file,
+)
+from ti_core.models.loading import load_model
 
 PROMPTS_TXT = """\
 # samples for mychar4
@@ -200,6 +208,18 @@ def test_make_scheduler_keeps_the_models_prediction_type(sd1):
     assert make_scheduler("dpmsolver", v_base).config.algorithm_type == "dpmsolver"
     with pytest.raises(ConfigError, match="expected one of"):
         make_scheduler("plms", v_base)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")  # diffusers'
+def test_every_sampler_offered_makes_its_scheduler(sd1):
+    assert FIELDS["sample_sampler"].choices == OPTIONS["sampler"].choices == tuple(SAMPLERS)
+    for name in SAMPLERS:
+        try:
+            scheduler = make_scheduler(name, sd1.scheduler)
+        except ConfigError as error:  # LMS without scipy: a message, not a crash
+            assert "needs scipy" in str(error)
+            continue
+        assert type(scheduler).__name__ == SAMPLERS[name][0]
 
 
 def test_an_sdxl_sample(demo_cache, tmp_path):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from ti_core.embedding_writers import save_embedding
-from ti_core.models import demo_dir
+from ti_core.embeddings.writers import save_embedding
+from ti_core.models.demo import demo_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +34,10 @@ def test_worker_answers_every_line_and_survives_bad_requests(tmp_path):
         {"id": 8, "op": "inspect", "path": str(embedding)},
         {"id": 9, "op": "remove_embedding", "trigger": "servetoy"},
         {"id": 10, "op": "ping"},
+        {"id": 20, "op": "generate", "prompt": "a toy", "outdir": str(outdir), "stpes": 2},
+        {"id": 21, "op": "generate", "prompt": "a toy", "outdir": str(outdir), "steps": "2"},
+        {"id": 22, "op": "generate", "prompt": "a toy", "outdir": str(outdir), "seed": None,
+         "width": 64, "height": 64, "steps": 1, "sampler": "k_euler"},
         {"id": 11, "op": "quit"},
         {"id": 12, "op": "ping"},  # after quit: never answered
     ]  # fmt: skip
@@ -50,7 +54,23 @@ def test_worker_answers_every_line_and_survives_bad_requests(tmp_path):
     assert done.returncode == 0, done.stderr
     replies = [json.loads(line) for line in done.stdout.splitlines()]  # stdout: replies only
     by_id = {reply["id"]: reply for reply in replies}
-    assert [reply["id"] for reply in replies] == [1, 2, 3, 4, 5, None, 6, 7, 8, 9, 10, 11]
+    assert [reply["id"] for reply in replies] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        None,
+        6,
+        7,
+        8,
+        9,
+        10,
+        20,
+        21,
+        22,
+        11,
+    ]
 
     assert by_id[1] == {"id": 1, "ok": True, "pong": True, "model": None, "embeddings": []}
     assert by_id[2]["ok"] is False and "no model is loaded" in by_id[2]["error"]
@@ -80,3 +100,10 @@ def test_worker_answers_every_line_and_survives_bad_requests(tmp_path):
     assert by_id[9]["embeddings"] == []
     assert by_id[10]["ok"] and by_id[10]["model"]
     assert by_id[11] == {"id": 11, "ok": True, "bye": True}
+
+    # Generation options are checked as GenerateOptions declares them, naming the key.
+    assert "unknown field(s) stpes (did you mean 'steps'?)" in by_id[20]["error"]
+    assert "generate takes outdir and prompt" in by_id[20]["hint"]
+    assert 'steps = "2": expected a whole number' in by_id[21]["error"]
+    (image,) = by_id[22]["images"]  # a null seed (the GUI's "random") still works
+    assert image["settings"]["sampler"] == "k_euler" and image["settings"]["seed"] >= 0

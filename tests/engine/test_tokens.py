@@ -8,10 +8,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ti_core.embedding_files import read_embedding
+from ti_core.embeddings.files import read_embedding
+from ti_core.embeddings.tokens import add_placeholders, text_parts, token_strings, tokenize_captions
 from ti_core.errors import ConfigError, TiError, TokenError
-from ti_core.models import demo_dir, load_model, load_tokenizer
-from ti_core.tokens import add_placeholders, text_parts, token_strings, tokenize_captions
+from ti_core.models.demo import demo_dir
+from ti_core.models.loading import load_model
+from ti_core.models.tokenizer import load_tokenizer
 
 TOKEN = "mychar4"
 FIRST_ID = 49408

@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import ROOT
 
-from ti_core.__main__ import main
-from ti_core.embedding_files import read_embedding
-from ti_core.models import demo_dir
-from ti_core.run_folder import read_events
+from ti_core.cli.main import main
+from ti_core.embeddings.files import read_embedding
+from ti_core.models.demo import demo_dir
+from ti_core.run_folder.writer import read_events
 
 FAST = ["--max_train_steps", "4", "--learning_rate", "0.05"]
 
@@ -33,23 +33,26 @@ def types(run_dir: Path) -> list[str]:
 
 
 def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
-    from ti_core.config import Config
-    from ti_core.diffusion import training_scheduler
-    from ti_core.models import load_model
-    from ti_core.optim import build_optimizer
-    from ti_core.tokens import add_placeholders, text_parts
-    from ti_core.train import step_loss
-    from ti_core.train_setup import build_batches, choose_precision, prepare_model
-    from ti_core.training_data import dataset_specs
+    from ti_core.config.run_config import Config
+    from ti_core.data.run_data import dataset_specs
+    from ti_core.embeddings.specs import embedding_specs
+    from ti_core.embeddings.tokens import add_embeddings, text_parts
+    from ti_core.models.loading import load_model
+    from ti_core.training.diffusion import training_scheduler
+    from ti_core.training.loop import step_loss
+    from ti_core.training.optim import build_optimizer
+    from ti_core.training.setup import build_batches, choose_precision, prepare_model
 
     config = Config()
     config.dataset.train_data_dir, config.dataset.caption_extension = "demo:sd1", ".txt"
     config.dataset.resolution, config.token.token_string = "64", "demotoy"
     loaded = load_model("demo:sd1")
     tokenizers, encoders = text_parts(loaded.pipeline)
-    placeholders = add_placeholders(tokenizers, encoders, "demotoy", "toy")
+    config.token.init_word = "toy"
+    embeddings = embedding_specs(config)
+    placeholders = add_embeddings(tokenizers, encoders, embeddings)
     precision = choose_precision("no", torch.device("cpu"))
-    model = prepare_model(loaded, placeholders, tokenizers, encoders, config, precision)
+    model = prepare_model(loaded, embeddings, placeholders, tokenizers, encoders, config, precision)
     batches = build_batches(config, dataset_specs(config), model, precision)
     scheduler = training_scheduler(loaded.pipeline.scheduler, False)
     optimizer = build_optimizer(model.parameters, "AdamW", 0.05, [])

@@ -9,7 +9,7 @@ import torch
 from conftest import ROOT
 from safetensors.torch import save_file
 
-from ti_core.__main__ import main
+from ti_core.cli.main import main
 
 DEMO = str(ROOT / "presets" / "demo.toml")
 

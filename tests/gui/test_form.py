@@ -12,9 +12,9 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from ti_core.config import FIELDS
-from ti_core.config_io import config_to_dict, load_config
-from ti_core.run_folder import RunFolder
+from ti_core.config.run_config import FIELDS
+from ti_core.config.toml_io import config_to_dict, load_config
+from ti_core.run_folder.writer import RunFolder
 from ti_gui.fields import collect_values, option_value
 from ti_gui.supervisor import RunState, list_runs
 

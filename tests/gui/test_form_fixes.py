@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ti_core.config_io import load_config
+from ti_core.config.toml_io import load_config
 from ti_gui.fields import INVALID_CLASS, PROBLEM_MARK, VALID_MESSAGE, check_ready, option_value
 
 ROOT = Path(__file__).resolve().parents[2]

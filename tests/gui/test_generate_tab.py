@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from safetensors.numpy import save_file
 
+from ti_core.generation.options import OPTIONS
 from ti_gui import generate_view
 from ti_gui.generation_client import GenerationClient
 from ti_gui.tabs import embedding_tools_tab
@@ -172,6 +173,37 @@ def test_bad_embeddings_say_why_and_the_others_keep_working(client, tmp_path, ru
     assert caption.startswith("seed 8 · 2 steps · CFG 5.0 · euler_a · 64x64") and path in caption
     assert len(generate_view.gallery_images(items)) == 2
     assert generate_view.remove_embedding(client, "gridtoy")[0]["embeddings"] == []
+
+
+def test_what_the_widgets_hold_is_what_the_worker_takes(client, tmp_path):
+    widgets = {name: info.default for name, info in OPTIONS.items()}  # each widget's start
+    widgets |= {"prompt": "a red toy", "seed": None, "width": 64.0, "height": 64.0}
+    options = generate_view.generate_options({**widgets, "steps": 1.0, "batch_count": ""})
+    assert (options["seed"], options["steps"], options["batch_count"]) == (-1, 1, 1)
+    assert isinstance(options["width"], int) and isinstance(options["scale"], float)
+    items, text = generate_view.generate(client, tmp_path, **options)
+    assert len(items) == 1 and "64x64" in items[0][1], text
+    _, text = generate_view.generate(client, tmp_path, **{**options, "steps": 1.5})
+    assert "steps = 1.5: expected a whole number" in text
+
+
+def test_the_tab_has_a_widget_per_generation_option_bound_by_name():
+    import gradio as gr
+
+    from ti_gui.fields import Form
+    from ti_gui.tabs import generate_tab
+
+    with gr.Blocks():
+        tab = generate_tab.build(Form())
+    assert list(tab.options.widgets) == [
+        "prompt", "negative_prompt", "width", "height", "steps", "scale", "seed",
+        "batch_count", "batch_size", "sampler", "clip_skip", "max_token_length",
+    ]  # fmt: skip
+    assert set(tab.options.widgets) == set(OPTIONS)
+    steps, sampler = tab.options["steps"], tab.options["sampler"]
+    assert (steps.elem_id, steps.minimum, steps.maximum) == ("generate-steps", 1, 500)
+    assert [value for _, value in sampler.choices] == list(OPTIONS["sampler"].choices)
+    assert tab.options["prompt"].elem_id == "generate-prompt"
 
 
 def test_an_empty_prompt_is_a_message_not_a_request(client, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import tomli_w
 from gradio_client import Client
 
-from ti_core.config_io import load_config
+from ti_core.config.toml_io import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

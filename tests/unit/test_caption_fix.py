@@ -11,8 +11,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from ti_core.config import Config
-from ti_core.config_io import config_to_toml
+from ti_core.config.run_config import Config
+from ti_core.config.toml_io import config_to_toml
 from ti_core.data.caption_fix import (
     ADD_TOKEN,
     BACKUP_DIR,
@@ -149,7 +149,7 @@ def test_the_plan_for_a_config_comes_as_json_from_a_child(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text(config_to_toml(config))
     done = subprocess.run(
-        [sys.executable, "-m", "ti_core.data.caption_fix", "--config", str(path)],
+        [sys.executable, "-m", "ti_core.cli.caption_fix", "--config", str(path)],
         cwd=ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
     plan = FixPlan.from_dict(json.loads(done.stdout))

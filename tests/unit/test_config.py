@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import pytest
+import tomli_w
 
-from ti_core.__main__ import main
-from ti_core.config import FIELDS, Config, ConfigError
-from ti_core.config_io import (
+from ti_core.cli.main import main
+from ti_core.config.options import FieldInfo
+from ti_core.config.run_config import FIELDS, Config, ConfigError
+from ti_core.config.toml_io import (
     add_config_arguments,
     apply_cli_overrides,
     config_from_toml,
@@ -16,7 +19,10 @@ from ti_core.config_io import (
     config_to_toml,
     load_config,
     save_config,
+    set_option,
 )
+from ti_core.data.dataset_toml import ARGUMENT_NAMES, KEYS, RUN_KEYS, load_dataset_config
+from ti_core.errors import DatasetError
 
 
 def test_round_trip_keeps_every_value(tmp_path):
@@ -182,3 +188,75 @@ def test_readme_option_table_is_current():
         [sys.executable, "tools/options_table.py", "--check"], cwd=ROOT, capture_output=True
     )
     assert result.returncode == 0, result.stdout
+
+
+# Every dataset TOML key with a limit or choices, and its run option name where it has one.
+LIMITED = [info for info in KEYS.values() if info.choices or {info.min, info.max} != {None}]
+RUN_NAME = {toml_name: run_name for run_name, toml_name in ARGUMENT_NAMES.items()}
+
+
+def edge_values(info: FieldInfo) -> list[tuple[Any, bool]]:
+    """(value, accepted): each limit itself, and just past it."""
+    step = 1 if info.type is int else 0.01
+    cases = []
+    if info.min is not None:
+        cases += [(info.type(info.min), True), (info.type(info.min - step), False)]
+    if info.max is not None:
+        cases += [(info.type(info.max), True), (info.type(info.max + step), False)]
+    if info.choices:
+        outside = max(info.choices) + 1 if info.type is int else f"not {info.choices[0]}"
+        cases += [*((choice, True) for choice in info.choices), (outside, False)]
+    return cases
+
+
+def toml_accepts(tmp_path, info: FieldInfo, value: Any) -> bool:
+    line = tomli_w.dumps({info.name: value})
+    at_subset = "subset" in info.levels
+    text = "[[datasets]]\n" + ("" if at_subset else line)
+    text += "[[datasets.subsets]]\nimage_dir = '/x'\n" + (line if at_subset else "")
+    (tmp_path / "d.toml").write_text(text, encoding="utf-8")
+    try:
+        load_dataset_config(tmp_path / "d.toml")
+    except DatasetError as error:
+        assert "1 problem" in str(error) and info.name in str(error)
+        return False
+    return True
+
+
+def run_config_accepts(name: str, value: Any) -> bool:
+    try:
+        set_option(Config(), name, value)
+    except ConfigError as error:
+        assert name in str(error)
+        return False
+    return True
+
+
+@pytest.mark.parametrize("info", LIMITED, ids=lambda info: info.name)
+def test_dataset_toml_and_run_config_take_the_same_values(tmp_path, info: FieldInfo):
+    run_name = RUN_NAME.get(info.name, info.name)
+    for value, accepted in edge_values(info):
+        assert toml_accepts(tmp_path, info, value) == accepted, f"dataset TOML {info.name}={value}"
+        if run_name in FIELDS:
+            assert run_config_accepts(run_name, value) == accepted, f"--{run_name} {value}"
+
+
+def test_every_limited_dataset_key_is_checked_on_both_sides():
+    names = {info.name for info in LIMITED}
+    assert {"min_bucket_reso", "bucket_reso_steps", "batch_size", "caption_dropout_rate"} <= names
+    assert all(RUN_NAME.get(name, name) in FIELDS for name in names)
+    assert all(FIELDS[name].section == "dataset" for name in RUN_KEYS)  # a widget each
+
+
+def test_resolution_has_one_limit_in_both_forms(tmp_path):
+    text = "[[datasets]]\nresolution = {}\n[[datasets.subsets]]\nimage_dir = '/x'\n"
+    for toml_value, run_value, accepted in (("64", "64", True), ("[64, 63]", "64,63", False)):
+        (tmp_path / "d.toml").write_text(text.format(toml_value), encoding="utf-8")
+        if accepted:
+            assert load_dataset_config(tmp_path / "d.toml")[0].resolution[1] == 64
+            assert config_from_toml(f"[dataset]\nresolution = '{run_value}'").dataset.resolution
+        else:
+            with pytest.raises(DatasetError, match="at least 64 pixels"):
+                load_dataset_config(tmp_path / "d.toml")
+            with pytest.raises(ConfigError, match="at least 64 pixels"):
+                config_from_toml(f"[dataset]\nresolution = '{run_value}'")

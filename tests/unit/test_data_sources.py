@@ -14,8 +14,8 @@ from PIL import Image
 from ti_core.data.dataset_toml import load_dataset_config
 from ti_core.data.sources import datasets_from_args, discover_images, parse_folder_name
 from ti_core.data.spec import SubsetSpec
-from ti_core.demo_dataset import demo_dataset
 from ti_core.errors import DatasetError
+from ti_core.models.demo_dataset import demo_dataset
 
 
 def save_image(path: Path, shade: int = 0, size: tuple[int, int] = (64, 64)) -> Path:
@@ -244,7 +244,7 @@ train_batch_size = 2
     assert 'datasets[0]: resolution = "512"' in message
     assert "train_batch_size = 2: unknown key; in a dataset TOML it is batch_size" in message
     assert "subsets[1]: batch_size = 2: batch_size is a dataset setting" in message
-    assert "caption_dropout_rate = 1.5: expected a rate from 0 to 1" in message
+    assert "caption_dropout_rate = 1.5: expected at most 1.0" in message
     assert "keep_tokens = 1.0: expected a whole number" in message
 
 

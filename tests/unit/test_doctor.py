@@ -12,7 +12,7 @@ from PIL import Image
 from ti_core.data.dataset_toml import load_dataset_config
 from ti_core.data.doctor import check_datasets
 from ti_core.data.sources import datasets_from_args
-from ti_core.demo_dataset import demo_dataset
+from ti_core.models.demo_dataset import demo_dataset
 
 
 def save_image(path: Path, shade: int = 0, size: tuple[int, int] = (64, 64)) -> Path:
@@ -34,7 +34,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_demo_dataset_is_clean_and_counted_like_sd_scripts(demo: Path):
     datasets = datasets_from_args(
-        train_data_dir=str(demo), caption_extension=".txt", resolution=64, batch_size=4
+        train_data_dir=str(demo), caption_extension=".txt", resolution=64, train_batch_size=4
     )
     report = check_datasets(datasets, "demotoy")
     assert report.ok and report.errors == [] and report.warnings == []
@@ -169,7 +169,7 @@ def test_bucket_settings_sd_scripts_refuses_are_errors(demo: Path):
 
 def test_bucket_hook_gives_the_histogram_and_exact_steps(demo: Path):
     datasets = datasets_from_args(
-        train_data_dir=str(demo), caption_extension=".txt", resolution=64, batch_size=7,
+        train_data_dir=str(demo), caption_extension=".txt", resolution=64, train_batch_size=7,
         enable_bucket=True, min_bucket_reso=64, max_bucket_reso=128,
     )  # fmt: skip
     without = check_datasets(datasets, "demotoy").datasets[0]

@@ -13,12 +13,13 @@ import time
 import pytest
 from conftest import ROOT
 
-from ti_core.run_folder import (
+from ti_core.atomic import atomic_path
+from ti_core.run_folder.reader import FOLD, Run, RunReader, read_run_folder
+from ti_core.run_folder.writer import (
     SAMPLE_NOW,
     SAVE_NOW,
     STOP,
     RunFolder,
-    atomic_path,
     read_events,
     read_new_events,
 )
@@ -142,7 +143,7 @@ def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
 SIGNAL_SCRIPT = """
 import os, signal, sys, time
 sys.path.insert(0, {root!r})
-from ti_core.run_folder import STOP, RunFolder
+from ti_core.run_folder.writer import STOP, RunFolder
 
 run = RunFolder(sys.argv[1])
 assert run.install_stop_signals()
@@ -184,3 +185,101 @@ def test_install_outside_the_main_thread_is_refused_quietly(tmp_path):
     thread.start()
     thread.join()
     assert answers == [False]
+
+
+# ---- the reader: events.jsonl folded into runs ------------------------------------------------
+
+
+def _train(run: RunFolder, steps: list[int], final: str | None, saved: list[str]) -> None:
+    """One run as the loop writes it: loading, steps, a checkpoint per file in `saved`, done."""
+    run.status("loading")
+    run.status("training")
+    for step in steps:
+        run.step(step=step, epoch=1, loss=1 / step, lr=1e-3, it_s=1.0, eta_s=0.0, total_steps=9)
+    for step, name in zip(steps, saved, strict=False):
+        (run.path / name).write_bytes(b"vectors")
+        run.checkpoint(step, name, "safetensors")
+    run.done("stopped" if final is None else "finished", final)
+
+
+def test_a_folder_trained_twice_shows_only_its_second_run(tmp_path):
+    with RunFolder(tmp_path) as run:
+        _train(run, [1, 2], "toy.safetensors", ["toy-step1.safetensors", "toy.safetensors"])
+        run.warning("first run's warning")
+    with RunFolder(tmp_path) as run:
+        _train(run, [3], None, ["toy-step3.safetensors"])
+    history = read_run_folder(tmp_path)
+    assert len(history.runs) == 2
+    latest = history.latest
+    assert latest.losses == [(3, 1 / 3)] and latest.last_step["step"] == 3
+    assert latest.warnings == [] and latest.done["reason"] == "stopped"
+    assert [saved.step for saved in latest.checkpoints] == [3]
+    assert history.runs[0].done["reason"] == "finished"
+    # Files are the folder's, over both runs: a resumed run keeps its earlier checkpoints.
+    assert list(history.checkpoint_files().values()) == [1, 2, 3]
+    assert history.final_file() == (tmp_path / "toy.safetensors").resolve()  # the last named
+    started_after = RunReader(tmp_path, offset=(tmp_path / "events.jsonl").stat().st_size)
+    assert not started_after.refresh() and started_after.latest.events == 0
+
+
+def test_the_reader_follows_a_run_and_keeps_a_half_written_line_for_later(tmp_path):
+    run = RunFolder(tmp_path)
+    reader = RunReader(tmp_path)
+    assert not reader.refresh() and reader.latest.phase == ""  # no events.jsonl yet
+    run.status("loading")
+    run.step(step=1, epoch=1, loss=0.5, lr=1e-3, it_s=1.0, eta_s=9.0, total_steps=10)
+    with open(run.events_path, "a") as out:
+        out.write('{"type": "step", "time": 1.0, "step": 2, "lo')
+    assert reader.refresh() and reader.latest.losses == [(1, 0.5)]
+    assert not reader.refresh()
+    with open(run.events_path, "a") as out:
+        out.write('ss": 0.25}\n')
+    assert reader.refresh()
+    assert reader.latest.losses == [(1, 0.5), (2, 0.25)] and reader.latest.events == 3
+    assert len(reader.runs) == 1
+
+
+def test_pruned_checkpoints_are_absent_and_a_moved_folder_still_finds_its_files(tmp_path):
+    with RunFolder(tmp_path / "run") as run:
+        names = ["toy-step1.safetensors", "toy-step2.safetensors", "toy.safetensors"]
+        _train(run, [1, 2, 2], "toy.safetensors", names)
+    (tmp_path / "run" / "toy-step1.safetensors").unlink()  # pruned by save_last_n_steps
+    history = read_run_folder(tmp_path / "run")
+    assert [saved.step for saved in history.latest.checkpoints] == [1, 2, 2]  # what was saved
+    files = history.checkpoint_files()
+    assert [path.name for path in files] == ["toy-step2.safetensors", "toy.safetensors"]
+    assert history.final_file() == (tmp_path / "run" / "toy.safetensors").resolve()
+
+    (tmp_path / "run").rename(tmp_path / "moved")  # the events still name the old place
+    moved = read_run_folder(tmp_path / "moved")
+    assert [p.parent for p in moved.checkpoint_files()] == [(tmp_path / "moved").resolve()] * 2
+    assert moved.final_file() == (tmp_path / "moved" / "toy.safetensors").resolve()
+    (tmp_path / "moved" / "toy.safetensors").unlink()
+    assert read_run_folder(tmp_path / "moved").final_file() is None
+
+
+def test_unknown_event_types_and_odd_fields_do_not_stop_the_reader(tmp_path):
+    lines = [
+        {"type": "status", "phase": "training"},
+        {"type": "vectors", "step": 1, "norm": [0.4]},
+        {"type": "sample", "step": 1},  # no path: nothing to show
+        {"type": "step", "step": "two", "loss": None},
+        {"no type": True},
+        {"type": "checkpoint", "step": 2.5, "path": str(tmp_path / "x.safetensors")},
+    ]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    run = read_run_folder(tmp_path).latest
+    assert run.events == 6 and run.phase == "training"
+    assert [event.get("type") for event in run.other] == ["vectors", None]
+    assert run.samples == [] and run.losses == [] and run.last_step["step"] == "two"
+    assert run.checkpoints[0].step is None  # not a whole number
+
+
+def test_a_new_event_type_needs_only_a_fold_rule(tmp_path, monkeypatch):
+    def fold_validation(run: Run, event: dict) -> None:
+        run.warnings.append(f"validation loss {event['loss']} at step {event['step']}")
+
+    monkeypatch.setitem(FOLD, "validation", fold_validation)
+    with RunFolder(tmp_path) as run:
+        run.event("validation", step=5, loss=0.125)
+    assert read_run_folder(tmp_path).latest.warnings == ["validation loss 0.125 at step 5"]

@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import ROOT
 
-from ti_core.models import load_tokenizer
-from ti_core.token_preview import _tokenizer, expand_caption, preview, token_strings
-from ti_core.tokens import add_placeholders
+from ti_core.embeddings.token_preview import _tokenizer, expand_caption, preview, token_strings
+from ti_core.embeddings.tokens import add_placeholders
+from ti_core.models.tokenizer import load_tokenizer
 
 WORDS = ["a", "photo", "of", "portrait", "Masterpiece", "BEST", "girl", "dog", "sitting", "on"]
 WORDS += ["the", "bench", "highres", "1girl", "solo"]
@@ -154,7 +154,7 @@ def test_preview_is_fast():
 
 def test_preview_imports_neither_torch_nor_transformers():
     code = (
-        "import sys; from ti_core.token_preview import preview; "
+        "import sys; from ti_core.embeddings.token_preview import preview; "
         "r = preview('a photo of mychar4', 'mychar4', 4); "
         "assert len(r.placeholder_positions) == 4; "
         "print(' '.join(sys.modules))"

@@ -6,7 +6,8 @@ import json
 
 from transformers import CLIPTokenizer
 
-from ti_core.models import TOKENIZER_DIR, load_tokenizer
+from ti_core.models.assets import TOKENIZER_DIR
+from ti_core.models.tokenizer import load_tokenizer
 
 
 def test_a_photo_of_a_cat_has_the_clip_ids():

@@ -3,28 +3,26 @@ captions that lack it, or write a caption file with it for images that have none
 original is backed up first (`<dataset>/.ti-caption-backup/<time>/`) and can be put back.
 
 Torch-free: the GUI applies and undoes fixes in its own process. Planning needs the run's
-datasets (`plan_for_config`), which may build the demo, so the GUI runs that part as
-`python -m ti_core.data.caption_fix --config CONFIG.toml` (JSON on stdout).
+datasets, which may build the demo, so the GUI runs that part as
+`python -m ti_core.cli.caption_fix --config CONFIG.toml` (JSON on stdout).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ti_core.atomic import write_bytes_atomic
 from ti_core.data.captions import caption_has_token, prepend_token
 from ti_core.data.sources import _caption_candidates, discover_images, parse_folder_name
 from ti_core.data.spec import DatasetSpec, ImageEntry, SubsetSpec
-from ti_core.errors import DatasetError, TiError
+from ti_core.errors import DatasetError
 
 BACKUP_DIR = ".ti-caption-backup"  # hidden: sd-scripts' folder scan and image glob skip it
 MANIFEST = "manifest.json"
@@ -165,9 +163,10 @@ def apply_fixes(plan: FixPlan, kinds: Iterable[str] = (ADD_TOKEN, NEW_FILE)) -> 
             target = backup / _relative(Path(change.caption_path), root)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(change.caption_path, target)
-    _write_atomic(backup / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+    manifest_text = json.dumps(manifest, indent=2, ensure_ascii=False)
+    write_bytes_atomic(backup / MANIFEST, manifest_text.encode())
     for change in todo:
-        _write_atomic(Path(change.caption_path), change.after.encode("utf-8"))
+        write_bytes_atomic(Path(change.caption_path), change.after.encode("utf-8"))
     return backup
 
 
@@ -189,9 +188,10 @@ def undo_fixes(backup: str | Path) -> list[str]:
             path.unlink()
         else:
             original = (backup / _relative(path, root)).read_bytes()
-            _write_atomic(path, original)
+            write_bytes_atomic(path, original)
     manifest["undone"] = True
-    _write_atomic(backup / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+    manifest_text = json.dumps(manifest, indent=2, ensure_ascii=False)
+    write_bytes_atomic(backup / MANIFEST, manifest_text.encode())
     return left
 
 
@@ -240,60 +240,3 @@ def _new_backup_folder(root: Path) -> Path:
         except FileExistsError:
             continue
     raise DatasetError(f"cannot make a backup folder in {root / BACKUP_DIR}")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write a whole file or nothing (temp file + rename), keeping the old file's permissions."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        if path.exists():
-            shutil.copymode(path, temp)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temp, 0o666 & ~umask)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-# ---- the run's datasets (child process) -----------------------------------------------------
-
-
-def plan_for_config(config_path: str | Path) -> FixPlan:
-    """The fixes for the datasets of a run config."""
-    from ti_core.config_io import load_config
-    from ti_core.training_data import dataset_specs, uses_templates
-
-    config = load_config(config_path)
-    specs = dataset_specs(config)
-    if uses_templates(config):  # captions are not read: nothing to fix
-        plan = FixPlan(config.token.token_string, "")
-        plan.notes.append("use_object_template / use_style_template is on: the run trains on "
-                          "templates with the token and reads no captions.")  # fmt: skip
-        return plan
-    return plan_fixes(specs, config.token.token_string)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ti_core.data.caption_fix",
-        description="Print (JSON) the caption fixes that would put the token into a run's "
-        "captions.",
-    )
-    parser.add_argument("--config", required=True, help="the run's config TOML")
-    args = parser.parse_args(argv)
-    try:
-        plan = plan_for_config(args.config)
-    except TiError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(plan.to_dict(), ensure_ascii=False))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

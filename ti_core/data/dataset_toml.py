@@ -1,37 +1,47 @@
 """sd-scripts' dataset TOML ([general], [[datasets]], [[datasets.subsets]]) read strictly into
 DatasetSpecs, with general -> dataset -> subset inheritance. Torch-free.
+
+Which keys exist, their types, limits and the tables they may be in are the declarations in
+data/spec.py; values are checked by the run config's own check, so a limit cannot disagree.
 """
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ti_core.data.spec import DatasetSpec, SubsetSpec
-from ti_core.errors import DatasetError
+from ti_core.config.options import FieldInfo, field_infos
+from ti_core.config.run_config import DatasetConfig
+from ti_core.config.toml_io import check_value
+from ti_core.data.spec import (
+    SUBSET,
+    BucketOptions,
+    CaptionOptions,
+    DatasetSpec,
+    SubsetSpec,
+    parse_resolution,
+)
+from ti_core.errors import ConfigError, DatasetError, closest
 
-# fmt: off
-# Every key a dataset TOML may set, with its type ("resolution" is an int or [width, height]).
-KEY_TYPES: dict[str, Any] = {
-    "image_dir": str, "metadata_file": str, "is_reg": bool,
-    "num_repeats": int, "class_tokens": str, "caption_extension": str,
-    "shuffle_caption": bool, "caption_separator": str, "keep_tokens": int,
-    "keep_tokens_separator": str, "caption_prefix": str, "caption_suffix": str,
-    "flip_aug": bool, "color_aug": bool, "random_crop": bool,
-    "caption_dropout_rate": float, "caption_dropout_every_n_epochs": int,
-    "caption_tag_dropout_rate": float,
-    "resolution": "resolution", "batch_size": int, "enable_bucket": bool,
-    "min_bucket_reso": int, "max_bucket_reso": int, "bucket_reso_steps": int,
-    "bucket_no_upscale": bool,
+# Every key a dataset TOML may set. DatasetSpec holds resolution parsed, so its declaration
+# (the text a person writes) is BucketOptions'.
+KEYS: dict[str, FieldInfo] = {
+    **field_infos(SubsetSpec),
+    **field_infos(BucketOptions),
+    **field_infos(DatasetSpec),
 }
-SUBSET_ONLY_KEYS = {"image_dir", "metadata_file", "is_reg"}  # sd-scripts' "distinct" keys
-DATASET_KEYS = {"resolution", "batch_size", "enable_bucket", "min_bucket_reso",
-                "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale"}
+SUBSET_KEYS = {name for name, info in KEYS.items() if SUBSET in info.levels}
+DATASET_KEYS = set(KEYS) - SUBSET_KEYS
+# The keys the run config shares, by their run option name: they fill what a file leaves out.
+RUN_KEYS = [
+    f.name for f in (*dataclasses.fields(BucketOptions), *dataclasses.fields(CaptionOptions))
+]
 DREAMBOOTH_ONLY_KEYS = {"caption_extension", "class_tokens", "is_reg"}
+# fmt: off
 # sd-scripts keys we do not implement, with the value that means "off" (None: none does).
 UNSUPPORTED_KEYS: dict[str, Any] = {
     "face_crop_aug_range": None, "token_warmup_min": 1, "token_warmup_step": 0,
@@ -40,58 +50,32 @@ UNSUPPORTED_KEYS: dict[str, Any] = {
     "custom_attributes": None, "resize_interpolation": None, "validation_split": 0.0,
     "validation_seed": None,
 }
-LOWEST = {"batch_size": 1, "min_bucket_reso": 1, "max_bucket_reso": 1, "bucket_reso_steps": 1,
-          "keep_tokens": 0, "caption_dropout_every_n_epochs": 0}
 # fmt: on
 ARGUMENT_NAMES = {"train_batch_size": "batch_size", "dataset_repeats": "num_repeats"}
-SUBSET_FIELDS = set(KEY_TYPES) - DATASET_KEYS
-
-
-def parse_resolution(value: Any) -> tuple[int, int]:
-    """512, "512", "512,768", [512, 768] -> (width, height), as sd-scripts reads --resolution."""
-    if isinstance(value, str):
-        try:
-            value = [int(part) for part in value.split(",")]
-        except ValueError:
-            raise DatasetError(f"resolution {value!r}: expected 'SIZE' or 'WIDTH,HEIGHT'") from None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value, value]
-    if isinstance(value, (list, tuple)) and len(value) == 1:
-        value = [value[0], value[0]]
-    ok = isinstance(value, (list, tuple)) and len(value) == 2
-    if not ok or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-        raise DatasetError(f"resolution {value!r}: expected a size or [width, height] above 0")
-    return (value[0], value[1])
 
 
 def _show(value: Any) -> str:
+    """A value as the file wrote it, on one line (toml_io's show puts a list on several)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
-def _check_value(key: str, value: Any, where: str) -> tuple[Any, str | None]:
-    """The value converted to its field's type, or an error sentence."""
-    kind = KEY_TYPES[key]
-    bad = f"{where}: {key} = {_show(value)}"
-    if kind == "resolution":
-        try:
-            if isinstance(value, str):  # a file says 512 or [512, 768]; "512" is the CLI's form
-                raise DatasetError(value)
-            return parse_resolution(value), None
-        except DatasetError:
-            return None, f"{bad}: expected a size (512) or [width, height] above 0"
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is float and not is_number or kind is int and not (is_number and type(value) is int):
-        return None, f"{bad}: expected {'a number' if kind is float else 'a whole number'}"
-    if kind in (bool, str) and not isinstance(value, kind):
-        return None, f"{bad}: expected {'true or false' if kind is bool else 'a string'}"
-    if key.endswith("_rate") and not 0 <= value <= 1:
-        return None, f"{bad}: expected a rate from 0 to 1"
-    lowest = LOWEST.get(key)
-    if lowest is not None and value < lowest:
-        return None, f"{bad}: expected {lowest} or more"
-    return (float(value) if kind is float else value), None
+def run_values(run: DatasetConfig) -> dict[str, Any]:
+    """The run's values of the keys it shares with a dataset TOML, under their
+    dataset TOML names (train_batch_size is batch_size); resolution stays text."""
+    return {**{name: getattr(run, name) for name in RUN_KEYS}, "batch_size": run.train_batch_size}
+
+
+def _check_value(key: str, value: Any, where: str) -> Any:
+    """The value as its key's type; a ConfigError names the table, key and value."""
+    if key != "resolution":
+        return check_value(KEYS[key], value, f"{where}: {key}")
+    if isinstance(value, str):  # a file says 512 or [512, 768]; "512" is the run config's form
+        raise ConfigError(
+            f"{where}: resolution = {_show(value)}: expected a size (512) or [width, height]"
+        )
+    return parse_resolution(value, f"{where}: resolution")
 
 
 def _check_table(table: Mapping[str, Any], level: str, where: str, errors: list[str]) -> dict:
@@ -101,30 +85,30 @@ def _check_table(table: Mapping[str, Any], level: str, where: str, errors: list[
         if level == "dataset" and key == "subsets":
             continue
         bad = f"{where}: {key} = {_show(value)}"
+        info = KEYS.get(key)
         if key in UNSUPPORTED_KEYS:
             if UNSUPPORTED_KEYS[key] is not None and value == UNSUPPORTED_KEYS[key]:
                 continue  # the value that means "off": nothing is being ignored
             errors.append(f"{bad}: sd-scripts' {key} is not supported by this trainer; remove it")
-        elif key in KEY_TYPES and key in SUBSET_ONLY_KEYS and level != "subset":
-            errors.append(f"{bad}: {key} belongs in a [[datasets.subsets]] table")
-        elif key in KEY_TYPES and key in DATASET_KEYS and level == "subset":
-            errors.append(f"{bad}: {key} is a dataset setting; set it in [[datasets]] or [general]")
-        elif key in KEY_TYPES:
-            converted, error = _check_value(key, value, where)
-            if error:
-                errors.append(error)
-            else:
-                checked[key] = converted
-        elif key in ARGUMENT_NAMES:
+        elif info is None and key in ARGUMENT_NAMES:
             errors.append(f"{bad}: unknown key; in a dataset TOML it is {ARGUMENT_NAMES[key]}")
+        elif info is None:
+            close = closest(key, [*KEYS, *UNSUPPORTED_KEYS])
+            errors.append(f"{bad}: unknown key" + (f" (did you mean {close}?)" if close else ""))
+        elif level not in info.levels and info.levels == (SUBSET,):
+            errors.append(f"{bad}: {key} belongs in a [[datasets.subsets]] table")
+        elif level not in info.levels:
+            errors.append(f"{bad}: {key} is a dataset setting; set it in [[datasets]] or [general]")
         else:
-            close = difflib.get_close_matches(key, [*KEY_TYPES, *UNSUPPORTED_KEYS], n=1)
-            errors.append(f"{bad}: unknown key" + (f" (did you mean {close[0]}?)" if close else ""))
+            try:
+                checked[key] = _check_value(key, value, where)
+            except ConfigError as error:
+                errors.append(str(error))
     return checked
 
 
 def subset_spec(values: Mapping[str, Any], where: str) -> SubsetSpec:
-    fields = {k: v for k, v in values.items() if k in SUBSET_FIELDS}
+    fields = {k: v for k, v in values.items() if k in SUBSET_KEYS}
     ext = fields.get("caption_extension", "")
     if ext and not ext.startswith("."):  # sd-scripts accepts "txt" for ".txt"
         fields["caption_extension"] = "." + ext
@@ -153,12 +137,18 @@ def load_dataset_config(
 
     errors: list[str] = []  # every one is reported, each naming its table and key
     defaults = dict(defaults or {})
-    if "resolution" in defaults:  # the run config writes it as the CLI does: "512" or "512,768"
-        defaults["resolution"] = parse_resolution(defaults["resolution"])
+    if isinstance(defaults.get("resolution"), str):  # the run config's text: "512" or "768,512"
+        try:
+            defaults["resolution"] = parse_resolution(
+                defaults["resolution"], "run options: resolution"
+            )
+        except ConfigError as error:
+            errors.append(str(error))
+            del defaults["resolution"]
     fallback = _check_table(defaults, "general", "run options", errors)
     for key in set(raw) - {"general", "datasets"}:
-        close = difflib.get_close_matches(key, ["general", "datasets"], n=1)
-        hint = f" (did you mean [{close[0]}]?)" if close else " (only [general] and [[datasets]])"
+        close = closest(key, ["general", "datasets"])
+        hint = f" (did you mean [{close}]?)" if close else " (only [general] and [[datasets]])"
         errors.append(f"top level: unknown table or key {key}{hint}")
     general_table = raw.get("general", {})
     if not isinstance(general_table, dict):

@@ -58,7 +58,7 @@ class DatasetSummary:
 
 @dataclass
 class DatasetReport:
-    token_string: str
+    token_strings: list[str]  # the run's embeddings' token strings (one today)
     use_templates: bool
     datasets: list[DatasetSummary]
     errors: list[Problem]  # any of these stops training
@@ -84,7 +84,7 @@ class DatasetReport:
 
     def to_text(self) -> str:
         lines = [
-            f'Dataset check for the token "{self.token_string}"'
+            f"Dataset check for the token {quoted(self.token_strings)}"
             + (" (training on templates; captions are not used)" if self.use_templates else "")
         ]
         for index, dataset in enumerate(self.datasets):
@@ -101,7 +101,7 @@ class DatasetReport:
 
 def check_datasets(
     datasets: Sequence[DatasetSpec],
-    token_string: str,
+    token_strings: str | Sequence[str],
     use_templates: bool = False,
     *,
     bucket_of: BucketOf | None = None,
@@ -114,8 +114,11 @@ def check_datasets(
     `bucket_of(size, dataset)` gives an image's bucket when enable_bucket is on (without it the
     bucket histogram is left out and steps per epoch are a lower bound). sd-scripts' TI script
     wants bucket_reso_steps to be a multiple of `reso_steps_multiple` (64; SDXL's is 32).
-    Image sizes found are written into the entries' `size`. Captions without the token are
-    errors unless `add_missing_token` (then the run puts the token in front of them)."""
+    Image sizes found are written into the entries' `size`. `token_strings`: the run's
+    embeddings' (a caption needs one of them). Captions without a token are errors unless
+    `add_missing_token` (then the run puts the token in front of them)."""
+    tokens = [token_strings] if isinstance(token_strings, str) else list(token_strings)
+    tokens = [token for token in tokens if token]
     problems: list[Problem] = []
     summaries = []
     found_entries: list[list[ImageEntry]] = []
@@ -130,8 +133,8 @@ def check_datasets(
             if entry.size is not None:
                 problems += _size_problems(entry, dataset, bucket_of, buckets)
         if not use_templates:
-            problems += _token_problems(entries, token_string, add_missing_token)
-        summaries.append(_summarize(dataset, entries, buckets, token_string, use_templates))
+            problems += _token_problems(entries, tokens, add_missing_token)
+        summaries.append(_summarize(dataset, entries, buckets, tokens, use_templates))
     for paths in digests.values():
         if len(paths) > 1:
             others = ", ".join(str(path) for path in paths[1:])
@@ -141,7 +144,7 @@ def check_datasets(
                 hint="delete the copies: each copy trains the image again",
             ))  # fmt: skip
     return DatasetReport(
-        token_string,
+        tokens,
         use_templates,
         summaries,
         errors=[problem for problem in problems if problem.severity == "error"],
@@ -221,37 +224,48 @@ def _size_problems(
                     hint="use larger images or a lower resolution", where=where)]  # fmt: skip
 
 
+def quoted(tokens: Sequence[str]) -> str:
+    """'"tok"', or '"a" or "b"' for a run with several embeddings."""
+    return " or ".join(f'"{token}"' for token in tokens)
+
+
+def lacks_tokens(entry: ImageEntry, tokens: Sequence[str]) -> bool:
+    caption = _full_caption(entry)
+    return not any(caption_has_token(caption, token) for token in tokens)
+
+
 def _token_problems(
-    entries: list[ImageEntry], token_string: str, add_missing_token: bool
+    entries: list[ImageEntry], tokens: list[str], add_missing_token: bool
 ) -> list[Problem]:
-    """Captions without the token train nothing in TI; reg captions with it teach the class."""
-    if not token_string:
+    """Captions without a token train nothing in TI; reg captions with one teach the class."""
+    if not tokens:
         return []
     severity = "warning" if add_missing_token else "error"
     problems: list[Problem] = []
     train = [entry for entry in entries if not entry.subset.is_reg]
-    missing = [
-        entry for entry in train if not caption_has_token(_full_caption(entry), token_string)
-    ]
-    hint = (f'add "{token_string}" to these captions (or name the folder N_{token_string} class '
+    missing = [entry for entry in train if lacks_tokens(entry, tokens)]
+    shown, first = quoted(tokens), tokens[0]
+    hint = (f"add {shown} to these captions (or name the folder N_{first} class "
             "for images without caption files), train on templates, or set add_missing_token = "
             "true to put the token in front of them")  # fmt: skip
     if add_missing_token:
-        hint = f'the token is put in front of these captions: "{token_string}, <caption>"'
+        hint = f'the token is put in front of these captions: "{first}, <caption>"'
 
     if train and len(missing) == len(train):
         example = _full_caption(missing[0])
         problems.append(Problem(
-            severity, "no_token", f'no caption contains the token "{token_string}": training '
+            severity, "no_token", f"no caption contains the token {shown}: training "
             "would learn nothing", str(missing[0].path.parent), hint=hint,
             detail=f'{len(missing)} captions, e.g. "{example}"',
         ))  # fmt: skip
     else:
-        problems += [Problem(severity, "missing_token", f'caption does not contain the token '
-                             f'"{token_string}"', str(entry.path), detail=f'"{entry.caption}"',
+        problems += [Problem(severity, "missing_token", f"caption does not contain the token "
+                             f"{shown}", str(entry.path), detail=f'"{entry.caption}"',
                              hint=hint, where=entry.subset.where)
                      for entry in missing]  # fmt: skip
-    reg_with_token = [e for e in entries if e.subset.is_reg and token_string in e.caption]
+    reg_with_token = [
+        e for e in entries if e.subset.is_reg and any(token in e.caption for token in tokens)
+    ]
     problems += [Problem("warning", "token_in_reg", "regularization caption contains the token",
                          str(entry.path), detail=f'"{entry.caption}"', where=entry.subset.where,
                          hint="reg captions should name only the class (e.g. 'toy')")
@@ -284,7 +298,7 @@ def _summarize(
     dataset: DatasetSpec,
     entries: list[ImageEntry],
     buckets_of_entries: dict[int, tuple[int, int]],
-    token_string: str,
+    tokens: list[str],
     use_templates: bool,
 ) -> DatasetSummary:
     train = [entry for entry in entries if not entry.subset.is_reg]
@@ -313,8 +327,8 @@ def _summarize(
             continue
         captions = Counter("template" if use_templates else entry.caption_source for entry in mine)
         missing = 0
-        if token_string and not use_templates and not subset.is_reg:
-            missing = sum(1 for e in mine if not caption_has_token(_full_caption(e), token_string))
+        if tokens and not use_templates and not subset.is_reg:
+            missing = sum(1 for entry in mine if lacks_tokens(entry, tokens))
         subsets.append(SubsetReport(
             subset.where, subset.metadata_file or subset.image_dir, subset.is_reg, len(mine),
             subset.num_repeats, per_epoch[id(subset)], per_epoch[id(subset)] / batch,

@@ -17,7 +17,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,8 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ti_core.data.batches import TrainImage, load_pixels
+from ti_core.atomic import atomic_path
 from ti_core.data.buckets import Size, sdxl_crop_ltrb
+from ti_core.data.pixels import TrainImage, load_pixels
 from ti_core.data.spec import SubsetSpec
 from ti_core.errors import DatasetError
 
@@ -265,11 +265,9 @@ def _write_npz(image: TrainImage, cached: CachedLatents, fingerprint: str) -> No
     }
     if cached.flipped is not None:
         arrays["latents_flipped"] = cached.flipped.numpy()
-    temporary = path.with_name(path.name + ".tmp")
     try:
-        with open(temporary, "wb") as file:
+        with atomic_path(path) as temporary, open(temporary, "wb") as file:
             np.savez(file, **arrays)
-        os.replace(temporary, path)
     except OSError as error:
         raise DatasetError(
             f"{path}: cannot write the latent cache beside the image ({error.strerror}). "

@@ -6,18 +6,15 @@ Torch-free: the GUI's dataset doctor and `check-dataset` use it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-from ti_core.data.dataset_toml import (
-    DATASET_KEYS,
-    SUBSET_FIELDS,
-    parse_resolution,
-    subset_spec,
-)
+from ti_core.config.run_config import DatasetConfig
+from ti_core.data.dataset_toml import DATASET_KEYS, SUBSET_KEYS, run_values, subset_spec
 from ti_core.data.images import IMAGE_EXTENSIONS
-from ti_core.data.spec import DatasetSpec, ImageEntry, Problem, SubsetSpec
+from ti_core.data.spec import DatasetSpec, ImageEntry, Problem, SubsetSpec, parse_resolution
 from ti_core.errors import DatasetError
 
 OTHER_CAPTION_EXTENSIONS = (".txt", ".caption", ".tags")  # looked for when none are found
@@ -33,53 +30,33 @@ def parse_folder_name(name: str) -> tuple[int, str] | None:
 
 
 def datasets_from_args(
-    *,
-    train_data_dir: str = "",
-    reg_data_dir: str = "",
-    in_json: str = "",
-    resolution: int | str | tuple[int, int] = 512,
-    batch_size: int = 1,
-    enable_bucket: bool = False,
-    min_bucket_reso: int = 256,
-    max_bucket_reso: int = 1024,
-    bucket_reso_steps: int = 64,
-    bucket_no_upscale: bool = False,
-    dataset_repeats: int = 1,
-    caption_extension: str = ".caption",
-    shuffle_caption: bool = False,
-    caption_separator: str = ",",
-    keep_tokens: int = 0,
-    keep_tokens_separator: str = "",
-    caption_prefix: str = "",
-    caption_suffix: str = "",
-    flip_aug: bool = False,
-    color_aug: bool = False,
-    random_crop: bool = False,
-    caption_dropout_rate: float = 0.0,
-    caption_dropout_every_n_epochs: int = 0,
-    caption_tag_dropout_rate: float = 0.0,
+    run: DatasetConfig | None = None, /, dataset_repeats: int = 1, **options: Any
 ) -> list[DatasetSpec]:
     """The one dataset sd-scripts builds without a dataset TOML: a subset per `N_name` folder
     of train_data_dir (and of reg_data_dir, is_reg=True), or with in_json one fine-tuning subset
     (metadata in_json, images in train_data_dir, dataset_repeats repeats). Folder problems
-    (missing, no N_ prefix) go into DatasetSpec.problems; discover_images reports them."""
-    arguments = dict(locals())  # the parameters, by the field names they share with the specs
-    if not train_data_dir and not in_json:
+    (missing, no N_ prefix) go into DatasetSpec.problems; discover_images reports them.
+
+    `run`: the run's [dataset] options; `options`: some of them by name instead, or on top
+    (train_data_dir=..., caption_extension=".txt"); the rest keep their declared defaults."""
+    run = dataclasses.replace(run or DatasetConfig(), **options)  # an unknown name: TypeError
+    if not run.train_data_dir and not run.in_json:
         raise DatasetError("no dataset: set dataset_config, train_data_dir or in_json")
-    common = {key: arguments[key] for key in SUBSET_FIELDS & set(arguments)}
-    dataset = DatasetSpec(**{key: arguments[key] for key in DATASET_KEYS})
-    dataset.resolution = parse_resolution(resolution)
-    if in_json:
-        dataset.where = f"in_json {in_json}"
-        values = {**common, "image_dir": train_data_dir, "metadata_file": in_json}
+    values = run_values(run)
+    values["resolution"] = parse_resolution(values["resolution"])
+    dataset = DatasetSpec(**{key: values[key] for key in DATASET_KEYS})
+    common = {key: values[key] for key in SUBSET_KEYS & set(values)}
+    if run.in_json:
+        dataset.where = f"in_json {run.in_json}"
+        values = {**common, "image_dir": run.train_data_dir, "metadata_file": run.in_json}
         dataset.subsets = [subset_spec({**values, "num_repeats": dataset_repeats}, "in_json")]
-        if reg_data_dir:
-            dataset.problems.append(_problem("reg_ignored", reg_data_dir, "reg_data_dir"))
+        if run.reg_data_dir:
+            dataset.problems.append(_problem("reg_ignored", run.reg_data_dir, "reg_data_dir"))
         return [dataset]
-    dataset.where = f"train_data_dir {train_data_dir}"
-    dataset.subsets = _folder_subsets(train_data_dir, False, common, dataset.problems)
-    if reg_data_dir:
-        dataset.subsets += _folder_subsets(reg_data_dir, True, common, dataset.problems)
+    dataset.where = f"train_data_dir {run.train_data_dir}"
+    dataset.subsets = _folder_subsets(run.train_data_dir, False, common, dataset.problems)
+    if run.reg_data_dir:
+        dataset.subsets += _folder_subsets(run.reg_data_dir, True, common, dataset.problems)
     return [dataset]
 
 

@@ -1,13 +1,52 @@
 """What a dataset is, after reading any of its sources (sd-scripts dataset TOML, DreamBooth
 folders, fine-tune metadata): plain data shared by discovery, checks, buckets and batching.
 
-No torch here: the GUI's dataset doctor and `check-dataset` use these too.
+Every key a dataset TOML may set is declared here, once, with `opt()` (type, default, limits,
+help, and the `levels` it may appear at). The keys that are run options too ([dataset] in the
+run config, --flags, GUI widgets) are those of CaptionOptions and BucketOptions, which the run
+config's DatasetConfig inherits. No torch here: the GUI's dataset doctor uses these too.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ti_core.config.options import FILE, FOLDER, opt
+from ti_core.errors import ConfigError
+
+GENERAL, DATASET, SUBSET = "general", "dataset", "subset"  # the tables of a dataset TOML
+ANY_LEVEL = (GENERAL, DATASET, SUBSET)
+DATASET_LEVEL = (GENERAL, DATASET)  # shared by the subsets of one [[datasets]]
+MIN_RESOLUTION = 64  # pixels a side: an 8x8 latent, which the UNet's 3 down-samplings take to 1x1
+
+
+def parse_resolution(
+    value: str | int | Sequence[int], where: str = "resolution"
+) -> tuple[int, int]:
+    """A training resolution as (width, height): sd-scripts' --resolution text ("512" or
+    "768,512", the run config's form) or a dataset TOML's 512 or [768, 512]."""
+    plain = isinstance(value, (str, int, list, tuple))
+    shown = json.dumps(value, ensure_ascii=False) if plain else repr(value)
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(",")]
+        if len(parts) not in (1, 2) or not all(part.isdigit() for part in parts):
+            raise ConfigError(
+                f"{where} = {shown}: expected SIZE or WIDTH,HEIGHT in pixels, "
+                'e.g. "512" or "768,512".'
+            )
+        sizes = [int(part) for part in parts]
+    else:
+        sizes = list(value) if isinstance(value, (list, tuple)) else [value]
+        whole = all(isinstance(size, int) and not isinstance(size, bool) for size in sizes)
+        if len(sizes) not in (1, 2) or not whole:
+            raise ConfigError(f"{where} = {shown}: expected a size (512) or [width, height].")
+    width, height = sizes[0], sizes[-1]
+    if min(width, height) < MIN_RESOLUTION:
+        raise ConfigError(f"{where} = {shown}: expected at least {MIN_RESOLUTION} pixels per side.")
+    return width, height
 
 
 @dataclass
@@ -25,43 +64,96 @@ class Problem:
 
 
 @dataclass
-class SubsetSpec:
+class BucketOptions:
+    """The [[datasets]] keys that are run options too: size and aspect-ratio buckets."""
+
+    resolution: str = opt(
+        "512", "Training resolution: 'SIZE' or 'WIDTH,HEIGHT'.", levels=DATASET_LEVEL
+    )
+    enable_bucket: bool = opt(
+        False, "Group images by aspect ratio into buckets.", levels=DATASET_LEVEL
+    )
+    min_bucket_reso: int = opt(256, "Smallest bucket side in pixels.", min=64, levels=DATASET_LEVEL)
+    max_bucket_reso: int = opt(1024, "Largest bucket side in pixels.", min=64, levels=DATASET_LEVEL)
+    bucket_reso_steps: int = opt(
+        64, "Bucket sides are multiples of this.", min=8, levels=DATASET_LEVEL
+    )
+    bucket_no_upscale: bool = opt(
+        False, "Never upscale an image to fit a bucket.", levels=DATASET_LEVEL
+    )
+
+
+@dataclass
+class CaptionOptions:
+    """The [[datasets.subsets]] keys that are run options too: captions and augmentation.
+    Like sd-scripts, a dataset TOML may also set them in [[datasets]] or [general]."""
+
+    caption_extension: str = opt(
+        ".caption", "Extension of caption files next to images.", levels=ANY_LEVEL
+    )
+    shuffle_caption: bool = opt(False, "Shuffle comma-separated caption tags.", levels=ANY_LEVEL)
+    keep_tokens: int = opt(
+        0, "Keep the first N caption tags in place when shuffling.", min=0, levels=ANY_LEVEL
+    )
+    flip_aug: bool = opt(False, "Randomly mirror images.", levels=ANY_LEVEL)
+    color_aug: bool = opt(False, "Randomly shift image hue.", levels=ANY_LEVEL)
+    random_crop: bool = opt(
+        False, "Crop at a random place instead of the centre.", levels=ANY_LEVEL
+    )
+    caption_dropout_rate: float = opt(
+        0.0,
+        "Chance of training an image with an empty caption.",
+        min=0.0,
+        max=1.0,
+        levels=ANY_LEVEL,
+    )
+    caption_dropout_every_n_epochs: int = opt(
+        0, "Train every N-th epoch with empty captions (0 = off).", min=0, levels=ANY_LEVEL
+    )
+    caption_tag_dropout_rate: float = opt(
+        0.0, "Chance of dropping each caption tag.", min=0.0, max=1.0, levels=ANY_LEVEL
+    )
+    caption_separator: str = opt(",", "What separates caption tags.", levels=ANY_LEVEL)
+    keep_tokens_separator: str = opt(
+        "", "Tags before this separator stay in place when shuffling.", levels=ANY_LEVEL
+    )
+    caption_prefix: str = opt("", "Text put before every caption.", levels=ANY_LEVEL)
+    caption_suffix: str = opt("", "Text put after every caption.", levels=ANY_LEVEL)
+
+
+@dataclass
+class SubsetSpec(CaptionOptions):
     """One [[datasets.subsets]] entry (or one N_name folder), after general -> dataset ->
     subset inheritance. Field names and defaults are sd-scripts'."""
 
-    image_dir: str = ""  # DreamBooth-style folder of images (+ caption files)
-    metadata_file: str = ""  # fine-tune JSON {image_key: {"caption": ..., "tags": ...}}
-    num_repeats: int = 1
-    is_reg: bool = False  # regularization images: loss weighted by prior_loss_weight
-    class_tokens: str = ""  # caption for images without a caption file
-    caption_extension: str = ".caption"
-    shuffle_caption: bool = False
-    caption_separator: str = ","
-    keep_tokens: int = 0
-    keep_tokens_separator: str = ""
-    caption_prefix: str = ""
-    caption_suffix: str = ""
-    flip_aug: bool = False
-    color_aug: bool = False
-    random_crop: bool = False
-    caption_dropout_rate: float = 0.0
-    caption_dropout_every_n_epochs: int = 0
-    caption_tag_dropout_rate: float = 0.0
+    image_dir: str = opt(
+        "", "Folder of this subset's images and caption files.", path=FOLDER, levels=(SUBSET,)
+    )
+    metadata_file: str = opt(
+        "",
+        'Fine-tuning metadata JSON: {image_key: {"caption": ..., "tags": ...}}.',
+        path=FILE,
+        suffixes=(".json",),
+        levels=(SUBSET,),
+    )
+    num_repeats: int = opt(1, "How many times each image counts per epoch.", levels=ANY_LEVEL)
+    is_reg: bool = opt(
+        False,
+        "Regularization images: their loss is weighted by prior_loss_weight.",
+        levels=(SUBSET,),
+    )
+    class_tokens: str = opt("", "Caption of images without a caption file.", levels=ANY_LEVEL)
     where: str = ""  # for messages: "dataset.toml: datasets[0].subsets[1]" or "folder 10_cat"
 
 
 @dataclass
-class DatasetSpec:
+class DatasetSpec(BucketOptions):
     """One [[datasets]] entry: its subsets share resolution, batch size and buckets."""
 
     subsets: list[SubsetSpec] = field(default_factory=list)
-    resolution: tuple[int, int] = (512, 512)  # (width, height)
-    batch_size: int = 1
-    enable_bucket: bool = False
-    min_bucket_reso: int = 256
-    max_bucket_reso: int = 1024
-    bucket_reso_steps: int = 64
-    bucket_no_upscale: bool = False
+    # Declared in BucketOptions as the text a person writes; a spec holds it parsed.
+    resolution: tuple[int, int] = parse_resolution(BucketOptions.resolution)  # (width, height)
+    batch_size: int = opt(1, "Images per step.", min=1, levels=DATASET_LEVEL)
     where: str = ""
     # Problems found while reading the source itself (a folder without the N_ prefix, a missing
     # train_data_dir); discover_images passes them on with the ones it finds.

@@ -9,8 +9,8 @@ from typing import Any
 
 import gradio as gr
 
-from ti_core.config import Config
-from ti_core.config_io import config_from_toml, config_to_command, config_to_toml, load_config
+from ti_core.config.run_config import Config
+from ti_core.config.toml_io import config_from_toml, config_to_command, config_to_toml, load_config
 from ti_core.errors import TiError
 from ti_gui.fields import Form, FormResult, check_ready
 from ti_gui.path_picker import PATH_FIELDS

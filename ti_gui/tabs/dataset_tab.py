@@ -15,8 +15,8 @@ from typing import Any
 
 import gradio as gr
 
-from ti_core.config import Config
-from ti_core.config_io import config_to_toml
+from ti_core.config.run_config import Config
+from ti_core.config.toml_io import config_to_toml
 from ti_core.data.caption_fix import (
     ADD_TOKEN,
     MANIFEST,
@@ -55,7 +55,7 @@ def run_doctor(config: Config) -> tuple[int, str, str]:
 def run_fix_plan(config: Config) -> FixPlan | str:
     """The caption fixes for `config`'s datasets (a child process: a demo dataset may have to be
     built first), or why there are none."""
-    code, stdout, stderr = _run_on_config(config, ["ti_core.data.caption_fix"])
+    code, stdout, stderr = _run_on_config(config, ["ti_core.cli.caption_fix"])
     if code != 0:
         lines = stderr.strip().splitlines()
         return lines[-1].removeprefix("error: ") if lines else f"exit code {code}"
@@ -155,6 +155,7 @@ def build(form: Form) -> DatasetTab:
         form.add("add_missing_token")
     with gr.Accordion("Captions and more dataset options", open=False):
         add_path_field(form, "reg_data_dir")
+        add_path_field(form, "in_json")
         form.add_rest("dataset")
     check = gr.Button("Check dataset")
     report = gr.Markdown(elem_id="dataset-report")

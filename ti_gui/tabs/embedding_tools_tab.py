@@ -10,6 +10,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from ti_gui.generate_view import generate_options
 from ti_gui.generation_client import CLIENT, GenerationClient
 from ti_gui.supervisor import list_runs
 
@@ -141,7 +142,7 @@ def default_prompt(trigger: str) -> str:
 
 
 def report_markdown(report: dict[str, Any]) -> str:
-    """ti_core.inspect_embedding's report as Markdown tables."""
+    """ti_core.embeddings.inspect's report as Markdown tables."""
     lines = [
         f"**{report.get('path')}**: {report.get('format')} embedding, trigger word "
         f"**{report.get('trigger')}**"
@@ -251,7 +252,8 @@ def wire(
     settings: dict[str, gr.components.Component],
     app: gr.Blocks,
 ) -> Any:
-    """`settings`: the Generate tab's widgets (width, steps, ...) the grid is made with.
+    """`settings`: the Generate tab's widgets by option name (width, steps, ...) the grid is
+    made with.
     Returns the Make grid event: the grid may load the run's model, the caller shows it."""
     private = {"api_visibility": "private"}
 
@@ -270,12 +272,7 @@ def wire(
         return out
 
     def grid(data: dict[Any, Any]) -> dict[Any, Any]:
-        values = {name: data[widget] for name, widget in settings.items()}
-        for key in ("width", "height", "steps", "clip_skip"):
-            if key in values:
-                values[key] = int(values[key] or 0)
-        if "scale" in values:
-            values["scale"] = float(values["scale"] or 0)
+        values = generate_options({name: data[widget] for name, widget in settings.items()})
         outdir = Path(data[runs_root] or ".").expanduser().resolve() / "generated" / "grids"
         path, text = make_grid(
             CLIENT, data[tab.checkpoints] or [], data[tab.seeds], data[tab.prompt],

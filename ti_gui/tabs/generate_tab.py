@@ -10,9 +10,8 @@ from typing import Any
 
 import gradio as gr
 
-from ti_core.config import FIELDS
-from ti_core.token_preview import TOKEN_BUDGETS
-from ti_gui.fields import Form
+from ti_core.generation.options import GRID_OPTIONS, OPTIONS
+from ti_gui.fields import Form, make_widget
 from ti_gui.generate_view import (
     add_embedding,
     embedding_rows,
@@ -31,11 +30,47 @@ from ti_gui.tabs import embedding_tools_tab
 from ti_gui.tabs.run import default_runs_root
 
 MAX_SHOWN = 24  # gallery: the newest images
-SAMPLERS = list(FIELDS["sample_sampler"].choices or ("ddim",))
 EMBEDDING_COLUMNS = ["trigger", "vectors", "format", "file"]
+# How a widget's label differs from its option's name.
+LABELS = {"prompt": "Prompt", "negative_prompt": "Negative prompt", "scale": "CFG scale"}
+LABELS |= {"batch_count": "batch count", "batch_size": "batch size"}
 
 
-@dataclass
+class OptionWidgets:
+    """A widget per generation option (ti_core.generation.options.GenerateOptions), made from
+    its declaration and bound by name, as ti_gui.fields.Form does for the run config."""
+
+    def __init__(self) -> None:
+        self.widgets: dict[str, gr.components.Component] = {}
+
+    def add(self, name: str, **overrides: Any) -> gr.components.Component:
+        info = OPTIONS[name]
+        looks = {"label": LABELS.get(name, name), "elem_id": "generate-" + name.replace("_", "-")}
+        looks |= overrides
+        if info.type is str and info.choices is None:  # a prompt: no one-line limit
+            value = looks.pop("value", info.default)
+            widget = gr.Textbox(value, **{"lines": 1, "info": info.help, **looks})
+        else:  # the help text as its info, like every config widget
+            widget = make_widget(info, **looks)
+        self.widgets[name] = widget
+        return widget
+
+    def add_rest(self) -> list[gr.components.Component]:
+        """Widgets for the options not placed yet: a new option shows up by itself."""
+        return [self.add(name) for name in OPTIONS if name not in self.widgets]
+
+    def __getitem__(self, name: str) -> gr.components.Component:
+        return self.widgets[name]
+
+    def inputs(self) -> set[gr.components.Component]:
+        return set(self.widgets.values())
+
+    def values(self, data: dict[Any, Any]) -> dict[str, Any]:
+        """{option name: value} from a handler's {component: value}."""
+        return {name: data[widget] for name, widget in self.widgets.items()}
+
+
+@dataclass(kw_only=True)
 class GenerateTab:
     model: gr.Textbox
     v2: gr.Checkbox
@@ -49,19 +84,8 @@ class GenerateTab:
     add: gr.Button
     remove_choice: gr.Dropdown
     remove: gr.Button
-    prompt: gr.Textbox
-    negative_prompt: gr.Textbox
+    options: OptionWidgets  # prompt, steps, sampler, ...: one per GenerateOptions field
     preview: gr.HTML
-    width: gr.Number
-    height: gr.Number
-    steps: gr.Number
-    scale: gr.Number
-    seed: gr.Number
-    batch_count: gr.Number
-    batch_size: gr.Number
-    sampler: gr.Dropdown
-    clip_skip: gr.Number
-    max_token_length: gr.Dropdown
     generate: gr.Button
     messages: gr.Markdown
     gallery: gr.Gallery
@@ -105,27 +129,20 @@ def build(form: Form) -> GenerateTab:
         with gr.Row():
             remove_choice = gr.Dropdown([], label="Loaded embedding", allow_custom_value=True)
             remove = gr.Button("Remove embedding")
-    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="generate-prompt")
-    negative_prompt = gr.Textbox(label="Negative prompt", lines=1)
+    options = OptionWidgets()
+    options.add("prompt", lines=2)
+    options.add("negative_prompt")
     preview = gr.HTML(render_prompt_preview("", [], 75), label="Token preview")
     with gr.Row():
-        width = gr.Number(512, label="width", precision=0, minimum=64, elem_id="generate-width")
-        height = gr.Number(512, label="height", precision=0, minimum=64, elem_id="generate-height")
-        steps = gr.Number(
-            30, label="steps", precision=0, minimum=1, maximum=500, elem_id="generate-steps"
-        )
-        scale = gr.Number(7.5, label="CFG scale", minimum=0)
-        seed = gr.Number(-1, label="seed", precision=0, info="-1: random")
+        for name in ("width", "height", "steps", "scale", "seed"):
+            options.add(name)
     with gr.Row():
-        batch_count = gr.Number(1, label="batch count", precision=0, minimum=1)
-        batch_size = gr.Number(1, label="batch size", precision=0, minimum=1)
-        sampler = gr.Dropdown(
-            SAMPLERS, value=form.initial.sampling.sample_sampler or "ddim", label="sampler"
-        )
-        clip_skip = gr.Number(start.clip_skip, label="clip_skip", precision=0, minimum=1)
-        max_token_length = gr.Dropdown(
-            list(TOKEN_BUDGETS), value=start.max_token_length, label="max_token_length"
-        )
+        options.add("batch_count")
+        options.add("batch_size")
+        options.add("sampler", value=form.initial.sampling.sample_sampler)
+        options.add("clip_skip", value=start.clip_skip)
+        options.add("max_token_length", value=start.max_token_length)
+        options.add_rest()
     generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
     messages = gr.Markdown(elem_id="generate-messages")
     gallery = gr.Gallery(
@@ -133,10 +150,11 @@ def build(form: Form) -> GenerateTab:
     )
     tools = embedding_tools_tab.build(start.embedding)
     return GenerateTab(
-        model, v2, v_parameterization, vae, load, model_status, embeddings, embedding_path,
-        embedding_trigger, add, remove_choice, remove, prompt, negative_prompt, preview, width,
-        height, steps, scale, seed, batch_count, batch_size, sampler, clip_skip,
-        max_token_length, generate_button, messages, gallery, gr.State([]), tools,
+        model=model, v2=v2, v_parameterization=v_parameterization, vae=vae, load=load,
+        model_status=model_status, embeddings=embeddings, embedding_path=embedding_path,
+        embedding_trigger=embedding_trigger, add=add, remove_choice=remove_choice,
+        remove=remove, options=options, preview=preview, generate=generate_button,
+        messages=messages, gallery=gallery, shown=gr.State([]), tools=tools,
     )  # fmt: skip
 
 
@@ -180,10 +198,8 @@ def wire(tab: GenerateTab, runs_root: gr.Textbox, app: gr.Blocks) -> None:
             if not state:
                 return {tab.messages: loaded}
             out.update(show_state(state))
-        values = {name: data[getattr(tab, name)] for name in GENERATE_WIDGETS}
-        items, text = generate(
-            CLIENT, generated_folder(data[runs_root]), **generate_options(values)
-        )
+        values = generate_options(tab.options.values(data))
+        items, text = generate(CLIENT, generated_folder(data[runs_root]), **values)
         shown = (items + list(data[tab.shown]))[:MAX_SHOWN]
         out[tab.messages] = "\n\n".join(m for m in (loaded, text) if m) or (
             f"Saved {len(items)} image(s) in `{generated_folder(data[runs_root])}`."
@@ -215,7 +231,7 @@ def wire(tab: GenerateTab, runs_root: gr.Textbox, app: gr.Blocks) -> None:
             tab.embedding_path: defaults.embedding,
         }  # fmt: skip
 
-    preview_inputs = [tab.prompt, tab.max_token_length]
+    preview_inputs = [tab.options["prompt"], tab.options["max_token_length"]]
     after = {"fn": on_preview, "inputs": preview_inputs, "outputs": tab.preview, **private}
     tab.load.click(
         on_load,
@@ -229,7 +245,7 @@ def wire(tab: GenerateTab, runs_root: gr.Textbox, app: gr.Blocks) -> None:
     tab.remove.click(
         on_remove, inputs=tab.remove_choice, outputs=[*listing, tab.messages], **private
     ).then(**after)
-    inputs = {getattr(tab, name) for name in GENERATE_WIDGETS}
+    inputs = tab.options.inputs()
     inputs |= {tab.model, tab.v2, tab.v_parameterization, tab.vae, tab.embedding_path}
     inputs |= {tab.shown, runs_root}
     tab.generate.click(
@@ -237,7 +253,7 @@ def wire(tab: GenerateTab, runs_root: gr.Textbox, app: gr.Blocks) -> None:
         **private,
     ).then(**after)  # fmt: skip
     gr.on(
-        [tab.prompt.change, tab.max_token_length.change], on_preview, inputs=preview_inputs,
+        [widget.change for widget in preview_inputs], on_preview, inputs=preview_inputs,
         outputs=tab.preview, show_progress="hidden", trigger_mode="always_last", **private,
     )  # fmt: skip
     app.load(
@@ -246,17 +262,10 @@ def wire(tab: GenerateTab, runs_root: gr.Textbox, app: gr.Blocks) -> None:
                  tab.embedding_path],
         **private,
     )  # fmt: skip
-    settings = ("negative_prompt", "width", "height", "steps", "scale", "sampler", "clip_skip")
     grid_made = embedding_tools_tab.wire(
-        tab.tools, runs_root, tab.model, {name: getattr(tab, name) for name in settings}, app
+        tab.tools, runs_root, tab.model, {name: tab.options[name] for name in GRID_OPTIONS}, app
     )
     grid_made.then(
         lambda: show_state(CLIENT.state) or {tab.model_status: model_markdown({})},
         outputs=listing, **private,
     )  # fmt: skip
-
-
-GENERATE_WIDGETS = (
-    "prompt", "negative_prompt", "width", "height", "steps", "scale", "seed", "batch_count",
-    "batch_size", "sampler", "clip_skip", "max_token_length",
-)  # fmt: skip

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from ti_core.checkpoint_info import classify_keys, folder_info, read_safetensors_header
 from ti_core.errors import TiError
+from ti_core.models.checkpoint_info import classify_keys, folder_info, read_safetensors_header
 from ti_gui.fields import Form
 from ti_gui.path_picker import add_path_field
 

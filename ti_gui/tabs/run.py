@@ -9,8 +9,9 @@ from typing import Any
 
 import gradio as gr
 
-from ti_core.config_io import config_from_toml
+from ti_core.config.toml_io import config_from_toml
 from ti_core.errors import TiError
+from ti_core.run_folder.names import LOG_FILE, SAMPLE_NOW, SAVE_NOW
 from ti_gui import run_view
 from ti_gui.fields import VALID_MESSAGE, Form
 from ti_gui.supervisor import SUPERVISOR, list_runs, saved_state
@@ -99,7 +100,7 @@ def wire(
             return {tab.seen: seen}  # an empty dict would count as one output value
         state = SUPERVISOR.state(folder)
         live, code = SUPERVISOR.is_live(folder), SUPERVISOR.exit_code(folder)
-        log_path = Path(folder) / "train.log"
+        log_path = Path(folder) / LOG_FILE
         log_size = log_path.stat().st_size if log_path.exists() else 0
         running = SUPERVISOR.is_running()
         has_state = saved_state(folder) is not None
@@ -189,10 +190,10 @@ def wire(
         **private,
     )  # fmt: skip
     tab.save_now.click(
-        lambda: act(lambda: SUPERVISOR.request("SAVE_NOW")), outputs=tab.message, **private
+        lambda: act(lambda: SUPERVISOR.request(SAVE_NOW)), outputs=tab.message, **private
     )
     tab.sample_now.click(
-        lambda: act(lambda: SUPERVISOR.request("SAMPLE_NOW")), outputs=tab.message, **private
+        lambda: act(lambda: SUPERVISOR.request(SAMPLE_NOW)), outputs=tab.message, **private
     )
     tab.timer.tick(
         draw, inputs=[tab.shown, tab.seen], outputs=[*views, tab.seen],

@@ -25,6 +25,7 @@ def build(form: Form) -> SamplingTab:
         form.add("embedding_format")
         form.add("save_model_as")
     with gr.Accordion("More saving options", open=False):
+        add_path_field(form, "resume")
         form.add_rest("saving")
     prompts = gr.Textbox(
         "",

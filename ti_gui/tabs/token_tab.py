@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from ti_core.token_preview import TOKEN_BUDGETS, preview
+from ti_core.embeddings.token_preview import TOKEN_BUDGETS, preview
 from ti_gui.fields import Form
 from ti_gui.path_picker import add_path_field
 

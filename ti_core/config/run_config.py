@@ -1,0 +1,254 @@
+"""The one typed config of a training run: sections of fields named as sd-scripts' arguments.
+
+Loading, saving, validation and the CLI flags all read the field declarations here
+(type, default, help, limits, path-ness), so adding an option is one field (config/options.py
+declares, config/toml_io.py reads and writes). The [dataset] keys a dataset TOML shares are
+declared in data/spec.py (BucketOptions, CaptionOptions) and inherited here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ti_core.config.options import FILE, FILE_OR_FOLDER, FOLDER, FieldInfo, fields_by_name, opt
+from ti_core.data.spec import BucketOptions, CaptionOptions
+from ti_core.errors import ConfigError
+from ti_core.generation.sampler_names import SAMPLER_NAMES
+from ti_core.models.checkpoint_info import WEIGHT_FILE_SUFFIXES
+
+SCHEMA_VERSION = 1
+__all__ = ["Config", "ConfigError", "FIELDS", "FieldInfo", "SCHEMA_VERSION", "SECTIONS"]
+
+
+@dataclass
+class ModelConfig:
+    pretrained_model_name_or_path: str = opt(
+        "",
+        "Base model: a diffusers folder, a .safetensors/.ckpt checkpoint, a hub id, "
+        "or demo:sd1 / demo:sd2 / demo:sdxl for the tiny built-in demo model.",
+        path=FILE_OR_FOLDER,
+        suffixes=(".safetensors", ".ckpt"),
+        hub_id=True,
+    )
+    v2: bool = opt(False, "The model is Stable Diffusion 2.x (detected from a checkpoint's keys).")
+    v_parameterization: bool = opt(
+        False, "The model predicts v (SD 2.x 768-v). Detected where the file says so."
+    )
+    vae: str = opt(
+        "",
+        "A separate VAE (file or diffusers folder) to use instead of the model's.",
+        path=FILE_OR_FOLDER,
+        suffixes=WEIGHT_FILE_SUFFIXES,
+        hub_id=True,
+    )
+    clip_skip: int = opt(
+        1,
+        "Use the output of the N-th text encoder layer from the end.",
+        min=1,
+        max=12,
+    )
+    max_token_length: int = opt(
+        75,
+        "Caption token budget: 75, 150 or 225 (longer captions are chunked).",
+        choices=(75, 150, 225),
+    )
+    lowram: bool = opt(
+        False,
+        "Load the model straight into GPU memory, not RAM first (for machines with more VRAM "
+        "than RAM, e.g. Colab).",
+    )
+    no_half_vae: bool = opt(False, "Keep the VAE in float32 under mixed precision.")
+
+
+@dataclass
+class DatasetSources:
+    """Where a run's images are: the first [dataset] options."""
+
+    dataset_config: str = opt(
+        "",
+        "sd-scripts dataset TOML ([general], [[datasets]], [[datasets.subsets]]).",
+        path=FILE,
+        suffixes=(".toml", ".json"),
+    )
+    train_data_dir: str = opt(
+        "", "Folder of DreamBooth-style subfolders named N_name (N = repeats).", path=FOLDER
+    )
+    reg_data_dir: str = opt("", "Folder of regularization images (N_name subfolders).", path=FOLDER)
+    in_json: str = opt(
+        "", "Fine-tuning metadata JSON with captions.", path=FILE, suffixes=(".json",)
+    )
+
+
+@dataclass
+class DatasetConfig(CaptionOptions, BucketOptions, DatasetSources):
+    """[dataset]. A dataclass takes its bases' fields from the right, so the options come in
+    this order: DatasetSources; BucketOptions and CaptionOptions, the keys shared with a
+    dataset TOML (declared once, in data/spec.py, where the TOML reader reads them too); then
+    the run's own below. A dataset TOML's values win over the shared ones."""
+
+    add_missing_token: bool = opt(
+        False,
+        "Put the token string in front of captions that lack it, instead of stopping "
+        "with a list of those captions.",
+    )
+    train_batch_size: int = opt(1, "Images per step (a dataset TOML's batch_size wins).", min=1)
+    cache_latents: bool = opt(False, "Encode every image once before training.")
+    cache_latents_to_disk: bool = opt(False, "Keep the latent cache in files next to the images.")
+    vae_batch_size: int = opt(1, "Images encoded at once while caching latents.", min=1)
+    max_data_loader_n_workers: int = opt(0, "Worker processes loading images.", min=0)
+    use_object_template: bool = opt(
+        False, "Ignore captions; use 'a photo of a {}' style templates."
+    )
+    use_style_template: bool = opt(
+        False, "Ignore captions; use 'a painting in the style of {}' templates."
+    )
+    debug_dataset: bool = opt(
+        False,
+        "Print each caption's input ids (new tokens are >= 49408) and stop.",
+    )
+
+
+@dataclass
+class TokenConfig:
+    token_string: str = opt("", "The made-up word captions use for the concept (e.g. mychar4).")
+    init_word: str = opt("", "A word close to the concept; the new vectors start from it.")
+    num_vectors_per_token: int = opt(
+        1, "How many vectors (prompt tokens) the embedding uses.", min=1, max=75
+    )
+    weights: str = opt(
+        "",
+        "Start from an existing embedding file.",
+        path=FILE,
+        suffixes=(".safetensors", ".pt", ".bin"),
+    )
+
+
+@dataclass
+class TrainingConfig:
+    max_train_steps: int = opt(1600, "Steps to train.", min=1)
+    max_train_epochs: int = opt(0, "Epochs to train (overrides max_train_steps when set).", min=0)
+    gradient_accumulation_steps: int = opt(1, "Batches summed per optimizer step.", min=1)
+    gradient_checkpointing: bool = opt(False, "Recompute activations to save memory.")
+    mixed_precision: str = opt("no", "Compute precision.", choices=("no", "fp16", "bf16"))
+    full_fp16: bool = opt(
+        False,
+        "Keep the text encoder(s) in fp16 too, not float32 (needs mixed_precision fp16; "
+        "saves memory). The trained vectors stay float32.",
+    )
+    full_bf16: bool = opt(
+        False,
+        "Keep the text encoder(s) in bf16 too, not float32 (needs mixed_precision bf16; "
+        "saves memory). The trained vectors stay float32.",
+    )
+    seed: int = opt(0, "Random seed: the same seed gives the same batches and vectors.", min=0)
+    noise_offset: float = opt(0.0, "Offset noise strength (0 = off).", min=0.0)
+    min_snr_gamma: float = opt(0.0, "Min-SNR loss weighting gamma (0 = off).", min=0.0)
+    prior_loss_weight: float = opt(1.0, "Loss weight of regularization images.", min=0.0)
+    max_grad_norm: float = opt(1.0, "Clip gradients to this norm (0 = off).", min=0.0)
+    xformers: bool = opt(False, "Use xformers attention (CUDA only).")
+    mem_eff_attn: bool = opt(False, "Use memory-efficient attention.")
+
+
+@dataclass
+class OptimizerConfig:
+    optimizer_type: str = opt(
+        "AdamW",
+        "Optimizer.",
+        choices=("AdamW", "AdamW8bit", "Lion", "SGDNesterov", "Adafactor", "Prodigy"),
+    )
+    optimizer_args: list[str] = opt([], "Extra optimizer arguments as key=value.")
+    learning_rate: float = opt(
+        5e-3,
+        "Learning rate; or AUTOMATIC1111's piecewise rates as text, e.g. "
+        '"0.005:100, 1e-3:1000, 1e-5" (0.005 until step 100, then 1e-3 until 1000, then 1e-5).',
+        min=0.0,
+        text="piecewise learning rate",
+    )
+    lr_scheduler: str = opt(
+        "constant",
+        "Learning-rate schedule.",
+        choices=(
+            "constant",
+            "constant_with_warmup",
+            "linear",
+            "cosine",
+            "cosine_with_restarts",
+            "polynomial",
+        ),
+    )
+    lr_warmup_steps: int = opt(0, "Warm-up steps.", min=0)
+    lr_scheduler_num_cycles: int = opt(1, "Restarts of cosine_with_restarts.", min=1)
+    lr_scheduler_power: float = opt(1.0, "Power of the polynomial schedule.", min=0.0)
+
+
+@dataclass
+class SavingConfig:
+    output_dir: str = opt(
+        "output",
+        "Run folder: embeddings, samples, logs and config.toml go here.",
+        path=FOLDER,
+        made_by_run=True,
+    )
+    output_name: str = opt(
+        "",
+        "Embedding file name (the trigger word); defaults to token_string.",
+    )
+    save_model_as: str = opt(
+        "safetensors",
+        "Embedding file format.",
+        choices=("safetensors", "pt", "ckpt"),
+    )
+    save_precision: str = opt(
+        "float",
+        "Precision of saved vectors.",
+        choices=("float", "fp16", "bf16"),
+    )
+    save_every_n_steps: int = opt(0, "Save a numbered copy every N steps (0 = off).", min=0)
+    save_every_n_epochs: int = opt(0, "Save a numbered copy every N epochs (0 = off).", min=0)
+    save_last_n_steps: int = opt(
+        0, "Keep only the step copies of the last N steps (0 = keep all).", min=0,
+    )  # fmt: skip
+    save_last_n_epochs: int = opt(
+        0, "Keep only the epoch copies of the last N epochs (0 = keep all).", min=0,
+    )  # fmt: skip
+    embedding_format: str = opt(
+        "kohya",
+        "Layout of the embedding file: kohya (sd-scripts; read by AUTOMATIC1111, ComfyUI and "
+        "sd-scripts), a1111 (AUTOMATIC1111's .pt) or diffusers (learned_embeds).",
+        choices=("kohya", "a1111", "diffusers"),
+    )
+    save_state: bool = opt(False, "Also save resumable training state.")
+    resume: str = opt("", "Resume from a saved state folder.", path=FOLDER)
+
+
+@dataclass
+class SamplingConfig:
+    sample_prompts: str = opt(
+        "",
+        "Prompts file for sample images (.txt, one prompt per line).",
+        path=FILE,
+        suffixes=(".txt", ".toml", ".json"),
+        made_by_run=True,
+    )
+    sample_every_n_steps: int = opt(0, "Make samples every N steps (0 = off).", min=0)
+    sample_every_n_epochs: int = opt(0, "Make samples every N epochs (0 = off).", min=0)
+    sample_at_first: bool = opt(False, "Also make samples before the first step.")
+    sample_sampler: str = opt("ddim", "Sampler for sample images.", choices=SAMPLER_NAMES)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    token: TokenConfig = field(default_factory=TokenConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    saving: SavingConfig = field(default_factory=SavingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
+
+
+FIELDS: dict[str, FieldInfo] = fields_by_name(Config)
