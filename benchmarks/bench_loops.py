@@ -97,7 +97,7 @@ def our_loop(loaded: LoadedModel, options: Any, precision: Precision) -> tuple[S
     placeholders = add_embeddings(tokenizers, text_encoders, embeddings)
     model = prepare_model(loaded, embeddings, placeholders, tokenizers, text_encoders, config,
                           precision)  # fmt: skip
-    batches = build_batches(config, dataset_specs(config), model, precision)
+    batches, _ = build_batches(config, dataset_specs(config), model, precision)
     optimizer = build_optimizer(model.parameters, "AdamW", LEARNING_RATE, [])
     lr_schedule = build_scheduler(optimizer, "constant", LEARNING_RATE, total_steps(options))
     noise_scheduler = training_scheduler(loaded.pipeline.scheduler, loaded.v_parameterization)

@@ -111,6 +111,7 @@ def bench_config(
     config.dataset.train_batch_size = batch
     config.dataset.cache_latents = cache_latents
     config.token.token_string, config.token.init_word = TOKEN_STRING, INIT_WORD
+    config.training.validate_every_n_epochs = 0  # measured apart: the loops compare steps
     config.training.seed, config.training.mixed_precision = seed, precision
     config.optimizer.learning_rate = LEARNING_RATE
     return config

@@ -65,3 +65,12 @@ def _copy_permissions(old: Path, temp: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(temp, 0o666 & ~umask)
+
+
+def move_into_place(staged: str | Path, path: str | Path) -> Path:
+    """Rename a file already written (and flushed) elsewhere in the same file system over
+    `path`, then flush the folder: for files that are checked before they replace the old."""
+    path = Path(path)
+    os.replace(staged, path)
+    _flush_to_disk(path.parent)
+    return path

@@ -1,5 +1,6 @@
-"""Builds the Gradio page: tabs that edit ONE config (bound to its options by name, see
-fields.py), the Config tab's TOML and command line, and the Run tab (supervisor.py)."""
+"""Builds the Gradio page: the run bar (Train / Stop and the run's progress, on every tab),
+tabs that edit ONE config (bound to its options by name, see fields.py), the Config tab's TOML
+and command line, and the Run tab (supervisor.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import atexit
 
 import gradio as gr
 
+from ti_gui import run_bar
 from ti_gui.fields import INVALID_CLASS, Form
 from ti_gui.generation_client import CLIENT
 from ti_gui.supervisor import SUPERVISOR
@@ -30,6 +32,10 @@ CSS = f"""
 .ti-new {{ background: #f9a825; color: #000; font-weight: bold; }}
 .ti-problem {{ color: #d33; }}
 progress {{ width: 100%; }}
+#run-bar {{ padding: 6px 8px; }}
+#run-bar-status p, #form-status p, #form-status li {{ margin: 0; }}
+#run-bar-status progress {{ height: 8px; margin-top: 4px; }}
+#run-title {{ display: none; }}
 """
 
 
@@ -39,9 +45,11 @@ def build_app() -> gr.Blocks:
         gr.Markdown(
             f"# {TITLE}\n"
             "Train Textual Inversion embeddings for Stable Diffusion 1.x, 2.x and SDXL. "
-            "Fill the tabs (or load a preset in **Config**), then press **Train** in **Run**."
+            "Fill the tabs (or load a preset in **Config**), then press **Train**: the bar below "
+            "follows the run from any tab, **Run** shows its detail."
         )
-        form_status = gr.Markdown("**Valid.**", elem_id="form-status")
+        bar = run_bar.build(TITLE)
+        form_status = bar.form_status
         with gr.Tab("Config"):
             config = config_tab.build(form)
         with gr.Tab("Model"):
@@ -64,7 +72,8 @@ def build_app() -> gr.Blocks:
         token_tab.wire(token, form)
         training_tab.wire(form)
         sampling_tab.wire(sampling, form)
-        run.wire(run_tab, form, sampling.prompts, form_status, app)
+        run_bar.wire(bar, form, sampling.prompts, run_tab.runs_root, run_tab.shown, TITLE)
+        run.wire(run_tab, bar, app)
         generate_tab.wire(generate, run_tab.runs_root, app)
     app.ti_form = form  # tests look the widgets up by option name
     atexit.register(SUPERVISOR.shutdown)

@@ -166,3 +166,12 @@ def wire(picker: PathPicker) -> None:
         use_folder, inputs=picker.folder, outputs=[picker.textbox, picker.panel], **private
     )
     picker.close.click(lambda: gr.update(visible=False), outputs=picker.panel, **private)
+
+
+def add_rest(form: Form, section: str) -> None:
+    """`form.add_rest(section)`, with a Browse picker under every path option among them, so a
+    new file or folder option gets its picker wherever it lands."""
+    for name, info in FIELDS.items():
+        if info.section == section and info.path and name not in form.widgets:
+            add_path_field(form, name)
+    form.add_rest(section)

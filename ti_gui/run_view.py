@@ -1,19 +1,16 @@
-"""What the Run tab shows for a run folder, drawn from its RunState: progress, loss chart,
-samples, checkpoints, messages, and why a run that died ended."""
+"""What the Run tab shows for a run folder, drawn from its RunState: progress, samples,
+checkpoints, messages, and why a run that died ended (the loss chart: charts.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from PIL import Image
 
 from ti_core.run_folder.names import CONSOLE_LOG, LOG_FILE
-from ti_gui.supervisor import RunState, saved_state, tail
+from ti_gui.supervisor import RunState, list_runs, saved_state, tail
 
-MAX_CHART_POINTS = 1500
-SMOOTHING = 0.9  # exponential moving average of the loss, as TensorBoard's slider
 MAX_SAMPLES_SHOWN = 24
 
 
@@ -92,20 +89,6 @@ def messages_markdown(state: RunState, exit_code: int | None) -> str:
     return "\n\n".join(line for line in lines if line)
 
 
-def loss_frame(state: RunState) -> pd.DataFrame:
-    """step, loss, curve (raw | smoothed): the rows of the loss chart, thinned to its width."""
-    rows: list[tuple[int, float, str]] = []
-    smoothed, weight = 0.0, 0.0
-    stride = max(1, len(state.losses) // MAX_CHART_POINTS)
-    for index, (step, loss) in enumerate(state.losses):
-        smoothed = SMOOTHING * smoothed + (1 - SMOOTHING) * loss
-        weight = SMOOTHING * weight + (1 - SMOOTHING)
-        if index % stride == 0 or index == len(state.losses) - 1:
-            rows.append((step, loss, "raw"))
-            rows.append((step, smoothed / weight, "smoothed"))
-    return pd.DataFrame(rows, columns=["step", "loss", "curve"])
-
-
 def gallery_items(state: RunState) -> list[tuple[Image.Image, str]]:
     """The latest samples, newest first. Opened here rather than passed as paths: a run folder
     may lie outside the folders Gradio serves files from."""
@@ -145,6 +128,15 @@ def checkpoints_markdown(state: RunState) -> str:
     return "**Saved embeddings**\n\n" + "\n".join(lines)
 
 
+def run_choices(root: str, *extra: Path | None) -> list[str]:
+    """The run folders in `root`, newest first, with `extra` folders (a run just started)."""
+    folders = [str(path) for path in list_runs(root)]
+    for path in extra:
+        if path is not None and str(path) not in folders:
+            folders.insert(0, str(path))
+    return folders
+
+
 def log_text(folder: Path, lines: int = 40) -> str:
     return tail(folder / LOG_FILE, lines) or tail(folder / CONSOLE_LOG, lines)
 
@@ -170,3 +162,31 @@ def snapshot(state: RunState, live: bool, exit_code: int | None) -> dict[str, An
         "headline": headline(state, live, exit_code),
         "messages": messages_markdown(state, exit_code),
     }
+
+
+HINT_TITLES = {
+    "not_moving": "Not moving",
+    "norm_runaway": "Norm running away",
+    "overfitting": "Overfitting",
+    "encoder_idle": "One encoder idle",
+}
+
+
+def insight_markdown(state: RunState) -> str:
+    """The run's hints and its suggested step, in plain words, above the charts."""
+    run = state.latest
+    lines = [
+        f"**Hint: {HINT_TITLES.get(str(h.get('kind')), h.get('kind'))}** (step {h.get('step')}): "
+        f"{h.get('message', '')}"
+        for h in run.hints
+    ]
+    if run.suggestion:
+        name = Path(str(run.suggestion.get("path", ""))).name
+        lines.append(
+            f"**Suggested step to keep: {run.suggestion.get('step')}** (`{name}`): "
+            f"{run.suggestion.get('why', '')}"
+        )
+    if run.validation:
+        step, loss = run.validation[-1]
+        lines.append(f"Validation loss at step {step}: {loss:.5f}")
+    return "\n\n".join(lines)

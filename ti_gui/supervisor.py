@@ -116,6 +116,9 @@ class Supervisor:
                     f"a run is already training in {self.folder}; stop it before starting another."
                 )
             config = copy.deepcopy(config)
+            # A wandb key typed in the form goes to the child's environment (wandb reads
+            # WANDB_API_KEY), never into the run folder's config.toml.
+            wandb_key, config.saving.wandb_api_key = config.saving.wandb_api_key, ""
             folder = Path(config.saving.output_dir or "output").resolve()
             folder.mkdir(parents=True, exist_ok=True)
             config.saving.output_dir = str(folder)  # the saved config reproduces from anywhere
@@ -128,6 +131,8 @@ class Supervisor:
             state = RunState(folder, offset=_size(folder / EVENTS_FILE))  # earlier runs unread
             self._states[folder] = state
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            if wandb_key:
+                env["WANDB_API_KEY"] = wandb_key
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
             )

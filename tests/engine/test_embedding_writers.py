@@ -20,6 +20,7 @@ from ti_core.embeddings.files import read_embedding
 from ti_core.embeddings.writers import (
     convert_embedding,
     read_with_second_encoder,
+    run_model_spec,
     save_embedding,
     torch_2_1_layout,
 )
@@ -218,6 +219,32 @@ def test_safetensors_header_carries_model_spec_and_our_keys(tmp_path):
         header = handle.metadata()
     assert header["modelspec.architecture"] == "stable-diffusion-xl-v1-base/textual-inversion"
     assert header["modelspec.resolution"] == "1024x1024"
+
+
+def test_run_model_spec_takes_the_metadata_options_as_sd_scripts_does(tmp_path):
+    from ti_core.config.run_config import Config
+
+    config = Config()
+    thumbnail = tmp_path / "thumb.png"
+    thumbnail.write_bytes(b"\x89PNG-not-really")
+    saving = config.saving
+    saving.metadata_title, saving.metadata_thumbnail = "My char", str(thumbnail)
+    saving.metadata_is_negative_embedding, config.model.clip_skip = "true", 2
+    (path,) = save_embedding(
+        tmp_path / "mychar-step00000010", _vectors(768), token_string="mychar",
+        metadata=run_model_spec(config, "mychar"),
+    )  # fmt: skip
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata()
+    assert header["modelspec.title"] == "My char"
+    assert header["modelspec.trigger_phrase"] == "mychar-step00000010"  # the file's trigger word
+    assert header["modelspec.thumbnail"] == "data:image/png;base64,iVBORy1ub3QtcmVhbGx5"
+    assert header["modelspec.is_negative_embedding"] == "true"
+    assert header["modelspec.encoder_layer"] == "2"
+    assert header["modelspec.resolution"] == "512x512"  # the default resolution: the family's
+    assert "modelspec.author" not in header  # unset options are left out
+    saving.metadata_thumbnail = str(tmp_path / "missing.png")
+    assert "modelspec.thumbnail" not in run_model_spec(config, "mychar")
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,7 @@ def test_training_lowers_the_loss_on_a_fixed_batch(tmp_path):
     placeholders = add_embeddings(tokenizers, encoders, embeddings)
     precision = choose_precision("no", torch.device("cpu"))
     model = prepare_model(loaded, embeddings, placeholders, tokenizers, encoders, config, precision)
-    batches = build_batches(config, dataset_specs(config), model, precision)
+    batches, _ = build_batches(config, dataset_specs(config), model, precision)
     scheduler = training_scheduler(loaded.pipeline.scheduler, False)
     optimizer = build_optimizer(model.parameters, "AdamW", 0.05, [])
     fixed = batches[0]

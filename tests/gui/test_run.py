@@ -119,3 +119,85 @@ def test_resume_is_off_with_a_reason_without_saved_state(tmp_path):
     (tmp_path / "state" / "state.pt").write_bytes(b"x")
     assert resume_status(state, live=False, another_running=False)[0] is True
     assert resume_status(state, live=False, another_running=True)[0] is False
+
+
+@pytest.mark.parametrize(
+    "losses", [[], [(1, 0.25)], [(1, float("nan")), (2, 0.5)], [(1, None), (2, 0.5)]]
+)
+def test_the_loss_chart_has_numeric_axes_whatever_the_first_frame_holds(losses):
+    """gradio fixes a chart's axis types from the first frame it draws: an empty frame or an
+    object column would make every step and loss value a tick label for the whole run."""
+    from ti_gui import charts
+
+    frame = charts.loss_frame(losses, {"validation": []})
+    plotted = charts.loss_plot().postprocess(frame)
+    assert plotted.datatypes == {"step": "quantitative", "loss": "quantitative", "line": "nominal"}
+    # Every line is named from the first frame on (the page keeps the first frame's colours).
+    assert {row[2] for row in plotted.data} == {"raw", "smoothed", "validation"}
+    drawn = [row for row in plotted.data if row[1] is not None]
+    assert len(drawn) == 2 * sum(loss is not None and loss == loss for _, loss in losses)
+
+
+def test_the_loss_chart_layout_is_sent_only_when_it_changes():
+    from ti_gui import charts
+
+    first, layout = charts.loss_update([], 0)
+    assert first["x_lim"] == [0, None] and first["colors_in_legend"] == ["raw", "smoothed"]
+    same, _ = charts.loss_update([(1, 0.3)], 0, drawn=layout)
+    assert set(same) == {"value", "__type__"}  # only the data: the page keeps its chart
+    steps_known, layout = charts.loss_update([(1, 0.3)], 200, drawn=layout)
+    assert steps_known["x_lim"] == [0, 200]
+    validation, _ = charts.loss_update([(1, 0.3)], 200, {"validation": [(1, 0.2)]}, layout)
+    assert validation["colors_in_legend"] == ["raw", "smoothed", "validation"]
+    assert validation["color_map"]["validation"] != validation["color_map"]["smoothed"]
+
+
+def test_the_run_bar_and_title_say_how_far_the_run_is(tmp_path):
+    from ti_gui.run_bar import bar_markdown, page_title
+    from ti_gui.supervisor import RunState
+
+    (tmp_path / "events.jsonl").write_text(
+        json.dumps({"type": "status", "phase": "training"})
+        + "\n"
+        + json.dumps(
+            {"type": "step", "step": 42, "total_steps": 100, "loss": 0.1, "it_s": 3.5, "eta_s": 17}
+        )
+        + "\n"
+    )
+    state = RunState(tmp_path)
+    state.refresh()
+    bar = bar_markdown(state, live=True, exit_code=None)
+    assert "step 42 / 100 (42%)" in bar and "3.50 it/s" in bar and "ETA 0:17" in bar
+    assert "training" in bar
+    assert page_title(state, live=True, exit_code=None, title="TI") == "[42%] TI"
+    assert page_title(None, live=False, exit_code=None, title="TI") == "TI"
+    assert bar_markdown(None, live=False, exit_code=None) == "No run yet"
+
+
+def test_the_insight_line_and_health_charts_read_the_run_folder(tmp_path):
+    from ti_core.run_folder.writer import RunFolder
+    from ti_gui import charts, run_view
+    from ti_gui.supervisor import RunState
+
+    final = tmp_path / "toy.safetensors"
+    final.write_bytes(b"x")
+    with RunFolder(tmp_path) as run:
+        run.status("loading")
+        for step, norm in ((0, 0.1), (10, 0.9)):
+            run.vectors(step=step, encoders={"text_encoder": [
+                {"norm": norm, "drift": step / 100, "nearest": ["toy</w>"]}]},
+                vocab_median_norm={"text_encoder": 0.2})  # fmt: skip
+        run.validation(step=10, loss=0.5)
+        run.hint(step=10, kind="norm_runaway", message="likely overtraining")
+        run.suggestion(step=10, path=final, why="lowest validation loss")
+    state = RunState(tmp_path)
+    state.refresh()
+    text = run_view.insight_markdown(state)
+    assert "Norm running away" in text and "likely overtraining" in text
+    assert "Suggested step to keep: 10" in text and "toy.safetensors" in text
+    norms, drifts = charts.health_lines(state.latest.vectors)
+    assert norms["norm (text_encoder)"] == [(0, 0.1), (10, 0.9)]
+    assert norms["vocabulary median (text_encoder)"] == [(0, 0.2), (10, 0.2)]
+    assert drifts["drift (text_encoder)"] == [(0, 0.0), (10, 0.1)]
+    update, layout = charts.lines_update(norms, 20)
+    assert update["value"]["step"].dtype == "float64" and layout[0] == 20

@@ -261,7 +261,8 @@ def test_pruned_checkpoints_are_absent_and_a_moved_folder_still_finds_its_files(
 def test_unknown_event_types_and_odd_fields_do_not_stop_the_reader(tmp_path):
     lines = [
         {"type": "status", "phase": "training"},
-        {"type": "vectors", "step": 1, "norm": [0.4]},
+        {"type": "future_type", "step": 1, "clip_i": [0.4]},  # a type with no rule (yet)
+        {"type": "vectors", "step": 1, "norm": [0.4]},  # no encoders: nothing to draw
         {"type": "sample", "step": 1},  # no path: nothing to show
         {"type": "step", "step": "two", "loss": None},
         {"no type": True},
@@ -269,17 +270,18 @@ def test_unknown_event_types_and_odd_fields_do_not_stop_the_reader(tmp_path):
     ]
     (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
     run = read_run_folder(tmp_path).latest
-    assert run.events == 6 and run.phase == "training"
-    assert [event.get("type") for event in run.other] == ["vectors", None]
+    assert run.events == 7 and run.phase == "training"
+    assert [event.get("type") for event in run.other] == ["future_type", None]
+    assert run.vectors == []
     assert run.samples == [] and run.losses == [] and run.last_step["step"] == "two"
     assert run.checkpoints[0].step is None  # not a whole number
 
 
 def test_a_new_event_type_needs_only_a_fold_rule(tmp_path, monkeypatch):
-    def fold_validation(run: Run, event: dict) -> None:
-        run.warnings.append(f"validation loss {event['loss']} at step {event['step']}")
+    def fold_future(run: Run, event: dict) -> None:
+        run.warnings.append(f"future_type {event['clip_i']} at step {event['step']}")
 
-    monkeypatch.setitem(FOLD, "validation", fold_validation)
+    monkeypatch.setitem(FOLD, "future_type", fold_future)
     with RunFolder(tmp_path) as run:
-        run.event("validation", step=5, loss=0.125)
-    assert read_run_folder(tmp_path).latest.warnings == ["validation loss 0.125 at step 5"]
+        run.event("future_type", step=5, clip_i=0.125)
+    assert read_run_folder(tmp_path).latest.warnings == ["future_type 0.125 at step 5"]

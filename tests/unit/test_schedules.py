@@ -66,6 +66,87 @@ def test_each_schedule_follows_its_curve(name, kwargs, expected):
     assert _at(lrs, 0, 5, 10, 35, 60, 110) == expected
 
 
+def test_sd_scripts_newer_schedules_follow_their_curves():
+    # inverse_sqrt: after warm-up, 1/sqrt((step + timescale - warmup) / timescale)
+    lrs = _lrs("inverse_sqrt", lr_scheduler_timescale=20)
+    decay = [0.01 / math.sqrt((step + 10) / 20) for step in (35, 60, 110)]
+    assert _at(lrs, 0, 5, 10, 35, 60, 110) == [0.0, 0.005, 0.01, *decay]
+    assert _lrs("inverse_sqrt")[60] == pytest.approx(0.01 / math.sqrt(6))  # timescale = warm-up
+    # cosine_with_min_lr: one half-cosine from the rate down to min_lr_ratio of it
+    lrs = _lrs("cosine_with_min_lr", lr_scheduler_min_lr_ratio=0.1)
+    quarter = 0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert _at(lrs, 0, 5, 10, 35, 60, 110) == [0.0, 0.005, 0.01, quarter, 0.0055, 0.001]
+    # warmup_stable_decay: warm up 10, hold, decay over the last 20% (22 steps) to 0
+    lrs = _lrs("warmup_stable_decay", lr_decay_steps=0.2)
+    assert _at(lrs, 5, 10, 60, 88, 99, 110) == [0.005, 0.01, 0.01, 0.01, 0.005, 0.0]
+    lrs = _lrs("warmup_stable_decay", lr_decay_steps=22, lr_scheduler_args=["decay_type='linear'"])
+    assert _at(lrs, 93) == [0.01 * 17 / 22]
+    # piecewise_constant: diffusers' step_rules, multiples of the rate
+    lrs = _lrs("piecewise_constant", warmup=0, lr_scheduler_args=["step_rules='1:20,0.1:50,0.01'"])
+    assert _at(lrs, 0, 19, 20, 49, 50, 110) == [0.01, 0.01, 0.001, 0.001, 1e-4, 1e-4]
+
+
+def test_a_scheduler_class_with_its_args_replaces_lr_scheduler():
+    lrs = _lrs("constant", warmup=0, lr_scheduler_type="StepLR",
+               lr_scheduler_args=["step_size=30", "gamma=0.5"])  # fmt: skip
+    assert _at(lrs, 0, 29, 30, 60, 110) == [0.01, 0.01, 0.005, 0.0025, 0.00125]
+    lrs = _lrs("cosine", warmup=0, lr_scheduler_type="torch.optim.lr_scheduler.ExponentialLR",
+               lr_scheduler_args=["gamma=0.9"])  # fmt: skip
+    assert _at(lrs, 2) == [0.01 * 0.81]
+    for kwargs, message in [
+        ({"lr_scheduler_type": "StepLR", "lr_scheduler_args": ["step_size=3"]}, "lr_warmup_steps"),
+        ({"lr_scheduler_type": "StepLr", "warmup": 0}, "did you mean StepLR"),
+        ({"lr_scheduler_type": "ReduceLROnPlateau", "warmup": 0}, "step"),
+        ({"lr_scheduler_type": "StepLR", "warmup": 0, "lr_scheduler_args": ["step=3"]},
+         "no argument 'step'.*allowed: step_size"),
+        ({"lr_scheduler_type": "StepLR", "warmup": 0}, "step_size"),  # a missing argument
+        ({"lr_scheduler_type": "nowhere.Sched", "warmup": 0}, "cannot import nowhere"),
+        ({"lr_scheduler_args": ["warmup_type='linear'"]}, "cosine has no argument"),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            _lrs(kwargs.pop("name", "cosine"), **kwargs)
+
+
+def test_newer_schedules_refuse_what_they_cannot_do():
+    with pytest.raises(ConfigError, match="step_rules="):
+        _lrs("piecewise_constant", warmup=0)
+    with pytest.raises(ConfigError, match="more than the 110 steps"):
+        _lrs("warmup_stable_decay", warmup=60, lr_decay_steps=60)
+    with pytest.raises(ConfigError, match="lr_decay_steps"):
+        _lrs("warmup_stable_decay", lr_decay_steps=2.5)
+    with pytest.raises(ConfigError, match="adafactor.*optimizer_type Adafactor"):
+        _lrs("adafactor", warmup=0)
+    optimizer = build_optimizer([_parameter()], "Adafactor", 1e-3, [])
+    assert type(build_scheduler(optimizer, "adafactor", 1e-3, 10)).__name__ == "AdafactorSchedule"
+
+
+def test_schedule_free_optimizers_keep_their_own_schedule(caplog):
+    optimizer = build_optimizer([_parameter()], "SGDScheduleFree", 0.01, [])
+    with caplog.at_level(logging.WARNING, logger="ti_core"):
+        scheduler = build_scheduler(optimizer, "cosine", 0.01, 20, lr_warmup_steps=5)
+    assert "schedules itself" in caplog.text and "warmup_steps=N" in caplog.text
+    for _ in range(20):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == 0.01  # as sd-scripts' stand-in scheduler
+    with pytest.raises(ConfigError, match="schedule-free"):
+        build_scheduler(optimizer, "constant", "0.01:5, 0.001", 20)
+
+
+def test_warmup_and_decay_shares_load_from_an_sd_scripts_config(tmp_path):
+    from ti_core.config.toml_io import load_config
+
+    path = tmp_path / "sd_scripts.toml"
+    path.write_text(
+        'lr_scheduler = "warmup_stable_decay"\nlr_warmup_steps = 0.05\nlr_decay_steps = 30\n'
+        'lr_scheduler_min_lr_ratio = 0.1\nlr_scheduler_type = ""\n'
+        'lr_scheduler_args = ["decay_type=\'linear\'"]\noptimizer_type = ""\nuse_8bit_adam = true\n'
+    )
+    options = load_config(path).optimizer
+    assert (options.lr_warmup_steps, options.lr_decay_steps) == (0.05, 30.0)
+    assert options.use_8bit_adam and options.lr_scheduler_args == ["decay_type='linear'"]
+
+
 def test_warmup_can_be_a_share_of_the_steps():
     lrs = _lrs("constant_with_warmup", steps=200, warmup=0.1)  # 20 steps
     assert lrs[10] == pytest.approx(0.005) and lrs[19] < 0.01 and lrs[20] == 0.01

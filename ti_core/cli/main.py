@@ -6,24 +6,28 @@ User mistakes print as one line and exit with code 2; --debug shows the tracebac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from ti_core.cli.generation import GENERATION_COMMANDS, add_generation_commands
-from ti_core.config.run_config import Config
+from ti_core.config.run_config import Config, ConfigError, SavingConfig
 from ti_core.config.toml_io import (
     add_config_arguments,
     apply_cli_overrides,
     config_to_toml,
     load_config,
+    save_config,
 )
 from ti_core.errors import TiError
 
 log = logging.getLogger("ti_core")
 USER_ERROR_EXIT = 2
 DATASET_PROBLEMS_EXIT = 1  # check-dataset ran fine and found errors in the data
+CONSOLE_FORMAT = "%(levelname)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,12 +106,82 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 def command_train(args: argparse.Namespace) -> int:
     from ti_core.training.preflight import preflight
+    from ti_core.training.trackers import check_trackers
 
+    if getattr(args, "output_config", False):
+        return write_output_config(args)
     config = resolve_config(args)
-    specs, report = preflight(config)
-    if config.dataset.debug_dataset:
-        return show_debug_dataset(config, specs, report.entries)
-    return run_training(config, specs, report.entries)
+    if config.saving.output_config:
+        raise ConfigError(
+            f"{args.config_file}: output_config = true: it writes the options to the "
+            "--config_file path and so needs a file that does not exist yet; remove the key "
+            "and pass --output_config with a new --config_file instead."
+        )
+    with console_logging(config.saving):
+        check_trackers(config)
+        specs, report = preflight(config)
+        if config.dataset.debug_dataset:
+            return show_debug_dataset(config, specs, report.entries)
+        return run_training(config, specs, report.entries)
+
+
+def write_output_config(args: argparse.Namespace) -> int:
+    """--output_config (sd-scripts): the flags' options written to the --config_file path,
+    which must not exist yet (".toml" added when missing); nothing is trained."""
+    if not args.config_file:
+        raise ConfigError(
+            "--output_config writes the options to the --config_file path: add "
+            "--config_file NEW.toml."
+        )
+    path = Path(args.config_file)
+    path = path if path.suffix == ".toml" else path.with_name(path.name + ".toml")
+    if path.exists():
+        raise ConfigError(
+            f"--output_config: {path} exists already and is not overwritten; name a new file "
+            "with --config_file."
+        )
+    config = apply_cli_overrides(Config(), args)
+    config.saving.output_config, config.saving.wandb_api_key = False, ""  # the key stays out
+    save_config(config, path)
+    print(f"wrote {path}; train it with: python -m ti_core train --config {path}")
+    return 0
+
+
+@contextlib.contextmanager
+def console_logging(saving: SavingConfig) -> Iterator[None]:
+    """console_log_level and console_log_file (sd-scripts) for one train command: the lowest
+    level shown, and a file that takes the messages instead of the terminal. train.log and
+    events.jsonl are not affected."""
+    root, ours = logging.getLogger(), logging.getLogger("ti_core")
+    level = getattr(logging, saving.console_log_level or "INFO")
+    terminal = [h for h in root.handlers if getattr(h, "stream", None) in (sys.stderr, sys.stdout)]
+    old_levels = [(handler, handler.level) for handler in terminal]
+    old_level, added = ours.level, None
+    if saving.console_log_file:
+        Path(saving.console_log_file).parent.mkdir(parents=True, exist_ok=True)
+        added = logging.FileHandler(saving.console_log_file, mode="w", encoding="utf-8")
+        added.setFormatter(logging.Formatter(CONSOLE_FORMAT))
+        added.setLevel(level)
+        for handler in terminal:
+            root.removeHandler(handler)
+        root.addHandler(added)
+    for handler in terminal if saving.console_log_level else []:
+        handler.setLevel(level)
+    if level < logging.INFO:
+        ours.setLevel(level)
+    if saving.console_log_simple:  # sd-scripts' switch away from rich's coloured lines
+        ours.info("console_log_simple: the console lines here are plain already")
+    try:
+        yield
+    finally:
+        ours.setLevel(old_level)
+        for handler, handler_level in old_levels:
+            handler.setLevel(handler_level)
+        if added:
+            root.removeHandler(added)
+            added.close()
+            for handler in terminal:
+                root.addHandler(handler)
 
 
 def run_training(config: Config, specs: list, entries: list) -> int:
@@ -115,7 +189,10 @@ def run_training(config: Config, specs: list, entries: list) -> int:
     from ti_core.run_folder.writer import RunFolder
     from ti_core.training.distributed import join_team, leave_team
     from ti_core.training.loop import train
+    from ti_core.training.trackers import close_trackers, log_in_to_wandb
 
+    # The key logs in at start and is never written to the run folder's config.toml.
+    api_key, config.saving.wandb_api_key = config.saving.wandb_api_key, ""
     team = join_team()
     if not team.is_main:  # the first process logs for the team; the others only complain
         logging.getLogger("ti_core").setLevel(logging.WARNING)
@@ -124,6 +201,8 @@ def run_training(config: Config, specs: list, entries: list) -> int:
         run.attach_logging()
         run.install_stop_signals()
         try:
+            if team.is_main:
+                log_in_to_wandb(config, api_key)
             train(config, specs, run, entries, team)
         except TiError as error:
             if not getattr(error, "recorded_in_run", False):
@@ -140,6 +219,7 @@ def run_training(config: Config, specs: list, entries: list) -> int:
             log.exception("training failed")
             return 1
         finally:
+            close_trackers()
             leave_team(team)
     return 0
 
@@ -246,9 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
     # Our own progress at INFO; libraries only when something is wrong.
-    logging.basicConfig(
-        level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=logging.WARNING, format=CONSOLE_FORMAT, stream=sys.stderr)
     log.setLevel(logging.INFO)
     try:
         return COMMANDS[args.command](args)

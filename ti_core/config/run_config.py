@@ -12,10 +12,13 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ti_core.config.options import FILE, FILE_OR_FOLDER, FOLDER, FieldInfo, fields_by_name, opt
-from ti_core.data.spec import BucketOptions, CaptionOptions
+from ti_core.config.saving_options import ModelSpecOptions, RunLogOptions
+from ti_core.config.training_options import LossOptions, NoiseOptions
+from ti_core.data.spec import BucketOptions, CaptionOptions, ValidationOptions
 from ti_core.errors import ConfigError
 from ti_core.generation.sampler_names import SAMPLER_NAMES
 from ti_core.models.checkpoint_info import WEIGHT_FILE_SUFFIXES
+from ti_core.training.optim_args import LR_SCHEDULERS, OPTIMIZER_TYPES
 
 SCHEMA_VERSION = 1
 __all__ = ["Config", "ConfigError", "FIELDS", "FieldInfo", "SCHEMA_VERSION", "SECTIONS"]
@@ -81,7 +84,7 @@ class DatasetSources:
 
 
 @dataclass
-class DatasetConfig(CaptionOptions, BucketOptions, DatasetSources):
+class DatasetConfig(CaptionOptions, ValidationOptions, BucketOptions, DatasetSources):
     """[dataset]. A dataclass takes its bases' fields from the right, so the options come in
     this order: DatasetSources; BucketOptions and CaptionOptions, the keys shared with a
     dataset TOML (declared once, in data/spec.py, where the TOML reader reads them too); then
@@ -122,12 +125,38 @@ class TokenConfig:
         path=FILE,
         suffixes=(".safetensors", ".pt", ".bin"),
     )
+    preserve_embedding_norm: bool = opt(
+        False,
+        "After every step, rescale each trained vector to the vocabulary's median norm "
+        "(OneTrainer's option): keeps the embedding from swallowing the prompt.",
+    )
+    max_embedding_norm: float = opt(
+        0.0,
+        "After every step, shrink a trained vector whose norm is above this (0 = off).",
+        min=0.0,
+    )
 
 
 @dataclass
-class TrainingConfig:
+class TrainingSteps:
+    """[training]'s first options: how long, how precise, how the validation is measured."""
+
     max_train_steps: int = opt(1600, "Steps to train.", min=1)
     max_train_epochs: int = opt(0, "Epochs to train (overrides max_train_steps when set).", min=0)
+    validate_every_n_steps: int = opt(
+        0,
+        "Measure the validation loss every N steps (0 = off). With it or validate_every_n_epochs "
+        "on, it is also measured at the start, at every saved copy and at the end.",
+        min=0,
+    )
+    validate_every_n_epochs: int = opt(
+        1,
+        "Measure the validation loss every N epochs (0 = off; both 0 = no validation).",
+        min=0,
+    )
+    max_validation_steps: int = opt(
+        0, "Validation batches per measurement at most (0 = all of the validation images).", min=0
+    )
     gradient_accumulation_steps: int = opt(1, "Batches summed per optimizer step.", min=1)
     gradient_checkpointing: bool = opt(False, "Recompute activations to save memory.")
     mixed_precision: str = opt("no", "Compute precision.", choices=("no", "fp16", "bf16"))
@@ -142,8 +171,6 @@ class TrainingConfig:
         "saves memory). The trained vectors stay float32.",
     )
     seed: int = opt(0, "Random seed: the same seed gives the same batches and vectors.", min=0)
-    noise_offset: float = opt(0.0, "Offset noise strength (0 = off).", min=0.0)
-    min_snr_gamma: float = opt(0.0, "Min-SNR loss weighting gamma (0 = off).", min=0.0)
     prior_loss_weight: float = opt(1.0, "Loss weight of regularization images.", min=0.0)
     max_grad_norm: float = opt(1.0, "Clip gradients to this norm (0 = off).", min=0.0)
     xformers: bool = opt(False, "Use xformers attention (CUDA only).")
@@ -151,12 +178,22 @@ class TrainingConfig:
 
 
 @dataclass
+class TrainingConfig(LossOptions, NoiseOptions, TrainingSteps):
+    """[training]. A dataclass takes its bases' fields from the right: TrainingSteps first,
+    then the noise and loss options (config/training_options.py)."""
+
+
+@dataclass
 class OptimizerConfig:
+    """[optimizer]: sd-scripts' optimizer and schedule options, same names and meaning."""
+
     optimizer_type: str = opt(
         "AdamW",
-        "Optimizer.",
-        choices=("AdamW", "AdamW8bit", "Lion", "SGDNesterov", "Adafactor", "Prodigy"),
+        f"Optimizer, by sd-scripts' name in any case ({', '.join(OPTIMIZER_TYPES)}), a "
+        "torch.optim class (e.g. RAdam) or any module.Class taking (params, lr=...).",
     )
+    use_8bit_adam: bool = opt(False, "sd-scripts' older switch for optimizer_type AdamW8bit.")
+    use_lion_optimizer: bool = opt(False, "sd-scripts' older switch for optimizer_type Lion.")
     optimizer_args: list[str] = opt([], "Extra optimizer arguments as key=value.")
     learning_rate: float = opt(
         5e-3,
@@ -167,23 +204,48 @@ class OptimizerConfig:
     )
     lr_scheduler: str = opt(
         "constant",
-        "Learning-rate schedule.",
-        choices=(
-            "constant",
-            "constant_with_warmup",
-            "linear",
-            "cosine",
-            "cosine_with_restarts",
-            "polynomial",
-        ),
+        "Learning-rate schedule (schedule-free optimizers keep their own; adafactor: "
+        "Adafactor's relative step size).",
+        choices=LR_SCHEDULERS,
     )
-    lr_warmup_steps: int = opt(0, "Warm-up steps.", min=0)
-    lr_scheduler_num_cycles: int = opt(1, "Restarts of cosine_with_restarts.", min=1)
+    lr_warmup_steps: float = opt(
+        0.0, "Warm-up steps; below 1, a share of all steps (0.1 = the first tenth).", min=0.0
+    )
+    lr_decay_steps: float = opt(
+        0.0, "Decay steps of warmup_stable_decay; below 1, a share of all steps.", min=0.0
+    )
+    lr_scheduler_num_cycles: int = opt(
+        1,
+        "Restarts of cosine_with_restarts; half-cosine waves of cosine_with_min_lr and of "
+        "warmup_stable_decay's decay.",
+        min=1,
+    )
     lr_scheduler_power: float = opt(1.0, "Power of the polynomial schedule.", min=0.0)
+    lr_scheduler_timescale: int = opt(
+        0, "Timescale of inverse_sqrt (0 = the warm-up steps, or 10000 without warm-up).", min=0
+    )
+    lr_scheduler_min_lr_ratio: float = opt(
+        0.0,
+        "Lowest rate of cosine_with_min_lr and warmup_stable_decay, as a share of the "
+        "learning rate.",
+        min=0.0,
+    )
+    lr_scheduler_type: str = opt(
+        "",
+        "A scheduler class instead of lr_scheduler: a torch.optim.lr_scheduler class "
+        "(e.g. StepLR) or any module.Class, built with lr_scheduler_args.",
+    )
+    lr_scheduler_args: list[str] = opt(
+        [],
+        "Extra schedule arguments as key=value (e.g. step_size=100 for StepLR, "
+        "step_rules='1:100,0.1' for piecewise_constant).",
+    )
 
 
 @dataclass
-class SavingConfig:
+class SavingFiles:
+    """What the run writes and when: the first [saving] options."""
+
     output_dir: str = opt(
         "output",
         "Run folder: embeddings, samples, logs and config.toml go here.",
@@ -206,8 +268,13 @@ class SavingConfig:
     )
     save_every_n_steps: int = opt(0, "Save a numbered copy every N steps (0 = off).", min=0)
     save_every_n_epochs: int = opt(0, "Save a numbered copy every N epochs (0 = off).", min=0)
+    save_n_epoch_ratio: int = opt(
+        0, "Save about N epoch copies in all: sets save_every_n_epochs to epochs / N (0 = off).",
+        min=0,
+    )  # fmt: skip
     save_last_n_steps: int = opt(
-        0, "Keep only the step copies of the last N steps (0 = keep all).", min=0,
+        0, "Keep only the step copies made in the last N steps, the one N steps back "
+        "included, as sd-scripts does (0 = keep all).", min=0,
     )  # fmt: skip
     save_last_n_epochs: int = opt(
         0, "Keep only the epoch copies of the last N epochs (0 = keep all).", min=0,
@@ -218,8 +285,33 @@ class SavingConfig:
         "sd-scripts), a1111 (AUTOMATIC1111's .pt) or diffusers (learned_embeds).",
         choices=("kohya", "a1111", "diffusers"),
     )
-    save_state: bool = opt(False, "Also save resumable training state.")
+    save_state: bool = opt(
+        False, "Also save resumable training state: state/, and with each numbered copy "
+        "<output_name>-step00000500-state or <output_name>-000002-state.",
+    )  # fmt: skip
+    save_state_on_train_end: bool = opt(
+        False, "Save resumable state at the end (state/ and <output_name>-state), even "
+        "without save_state.",
+    )  # fmt: skip
+    save_last_n_steps_state: int = opt(
+        0, "Like save_last_n_steps, for the numbered state folders (0 = save_last_n_steps).",
+        min=0,
+    )  # fmt: skip
+    save_last_n_epochs_state: int = opt(
+        0, "Keep only the epoch state folders of the last N epochs (0 = save_last_n_epochs).",
+        min=0,
+    )  # fmt: skip
     resume: str = opt("", "Resume from a saved state folder.", path=FOLDER)
+    output_config: bool = opt(
+        False, "Write the resolved options to the --config_file path (which must not exist "
+        "yet) and stop without training.",
+    )  # fmt: skip
+
+
+@dataclass
+class SavingConfig(RunLogOptions, ModelSpecOptions, SavingFiles):
+    """[saving]: the files (SavingFiles), then the model-spec metadata written into them and
+    the run's logs (config/saving_options.py)."""
 
 
 @dataclass
@@ -235,6 +327,15 @@ class SamplingConfig:
     sample_every_n_epochs: int = opt(0, "Make samples every N epochs (0 = off).", min=0)
     sample_at_first: bool = opt(False, "Also make samples before the first step.")
     sample_sampler: str = opt("ddim", "Sampler for sample images.", choices=SAMPLER_NAMES)
+    clip_model: str = opt(
+        "",
+        "A CLIP model folder on disk (e.g. openai/clip-vit-large-patch14, downloaded) to score "
+        "each saved step as the Textual Inversion paper does: CLIP-I, how alike images of "
+        "'a photo of <token>' and the training images are, and CLIP-T, how well images follow "
+        "edit prompts. Both are raw cosines from -1 to 1 (not CLIPScore's x100 or x2.5); higher "
+        "is better. Each score makes 4 images at the training resolution. Empty = no scores.",
+        path=FOLDER,
+    )
 
 
 @dataclass

@@ -104,10 +104,37 @@ def check_combinations(config: Config, source: str = "<config>") -> None:
                 f"{source}: [training] {full} = true needs mixed_precision = {show(precision)} "
                 f"(it is {show(training.mixed_precision)}); set it, or turn {full} off."
             )
+    _check_noise_and_loss(training, config.model.v_parameterization, source)
     if token.token_string and " " in token.token_string.strip():
         raise ConfigError(
             f"{source}: [token] token_string = {show(token.token_string)}: one word without "
             "spaces is expected (e.g. mychar4)."
+        )
+
+
+def _check_noise_and_loss(training: Any, v_parameterization: bool, source: str) -> None:
+    """sd-scripts' rules between the noise and loss options (train_util.verify_training_args)."""
+    if training.adaptive_noise_scale and not training.noise_offset:
+        raise ConfigError(
+            f"{source}: [training] adaptive_noise_scale = {show(training.adaptive_noise_scale)} "
+            "raises noise_offset, which is off (0); set noise_offset (e.g. 0.1), or turn "
+            "adaptive_noise_scale off."
+        )
+    if training.scale_v_pred_loss_like_noise_pred and not v_parameterization:
+        raise ConfigError(
+            f"{source}: [training] scale_v_pred_loss_like_noise_pred = true needs [model] "
+            "v_parameterization = true (a v-prediction model); set it, or turn the scaling off."
+        )
+    if training.v_pred_like_loss and v_parameterization:
+        raise ConfigError(
+            f"{source}: [training] v_pred_like_loss = {show(training.v_pred_like_loss)} is for "
+            "epsilon models, but [model] v_parameterization = true; turn one of them off."
+        )
+    exponential = training.huber_schedule == "exponential"
+    if training.loss_type in ("huber", "smooth_l1") and exponential and not training.huber_c:
+        raise ConfigError(
+            f"{source}: [training] huber_c = 0 with the exponential huber_schedule: the "
+            "schedule decays towards huber_c and needs it above 0; raise huber_c (e.g. 0.1)."
         )
 
 

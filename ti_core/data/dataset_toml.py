@@ -23,6 +23,7 @@ from ti_core.data.spec import (
     CaptionOptions,
     DatasetSpec,
     SubsetSpec,
+    ValidationOptions,
     parse_resolution,
 )
 from ti_core.errors import ConfigError, DatasetError, closest
@@ -32,13 +33,16 @@ from ti_core.errors import ConfigError, DatasetError, closest
 KEYS: dict[str, FieldInfo] = {
     **field_infos(SubsetSpec),
     **field_infos(BucketOptions),
+    **field_infos(ValidationOptions),
     **field_infos(DatasetSpec),
 }
 SUBSET_KEYS = {name for name, info in KEYS.items() if SUBSET in info.levels}
 DATASET_KEYS = set(KEYS) - SUBSET_KEYS
 # The keys the run config shares, by their run option name: they fill what a file leaves out.
 RUN_KEYS = [
-    f.name for f in (*dataclasses.fields(BucketOptions), *dataclasses.fields(CaptionOptions))
+    f.name
+    for options in (BucketOptions, ValidationOptions, CaptionOptions)
+    for f in dataclasses.fields(options)
 ]
 DREAMBOOTH_ONLY_KEYS = {"caption_extension", "class_tokens", "is_reg"}
 # fmt: off
@@ -47,8 +51,7 @@ UNSUPPORTED_KEYS: dict[str, Any] = {
     "face_crop_aug_range": None, "token_warmup_min": 1, "token_warmup_step": 0,
     "secondary_separator": None, "enable_wildcard": False, "alpha_mask": False,
     "cache_info": False, "network_multiplier": 1.0, "conditioning_data_dir": None,
-    "custom_attributes": None, "resize_interpolation": None, "validation_split": 0.0,
-    "validation_seed": None,
+    "custom_attributes": None, "resize_interpolation": None,
 }
 # fmt: on
 ARGUMENT_NAMES = {"train_batch_size": "batch_size", "dataset_repeats": "num_repeats"}

@@ -84,6 +84,26 @@ class BucketOptions:
 
 
 @dataclass
+class ValidationOptions:
+    """The [[datasets]] keys that choose the validation images (sd-scripts' names)."""
+
+    validation_split: float = opt(
+        0.0,
+        "Share of each dataset's training images held out for the validation loss (0 = measure "
+        "it on a fixed few of the training images instead).",
+        min=0.0,
+        max=0.9,
+        levels=DATASET_LEVEL,
+    )
+    validation_seed: int = opt(
+        -1,
+        "Seed of the held-out choice and of the validation noise (-1 = the run's seed).",
+        min=-1,
+        levels=DATASET_LEVEL,
+    )
+
+
+@dataclass
 class CaptionOptions:
     """The [[datasets.subsets]] keys that are run options too: captions and augmentation.
     Like sd-scripts, a dataset TOML may also set them in [[datasets]] or [general]."""
@@ -147,7 +167,7 @@ class SubsetSpec(CaptionOptions):
 
 
 @dataclass
-class DatasetSpec(BucketOptions):
+class DatasetSpec(ValidationOptions, BucketOptions):
     """One [[datasets]] entry: its subsets share resolution, batch size and buckets."""
 
     subsets: list[SubsetSpec] = field(default_factory=list)

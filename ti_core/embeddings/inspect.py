@@ -18,6 +18,18 @@ TRAINED_ON_KEYS = {
     "a1111_checkpoint_hash": "sd_checkpoint",
     "step": "ti_trainer.step",
 }
+MODEL_SPEC_PREFIX = "modelspec."
+LONG_VALUE = 120  # a thumbnail's data URL is shown by its size, not printed
+
+
+def model_spec(metadata: dict[str, str]) -> dict[str, str]:
+    """The file's SAI model-spec keys (title, architecture, trigger phrase, ...), prefix off."""
+    spec = {}
+    for key, value in metadata.items():
+        if key.startswith(MODEL_SPEC_PREFIX) and value not in ("", "None"):
+            shown = value if len(value) <= LONG_VALUE else f"({len(value)} characters)"
+            spec[key.removeprefix(MODEL_SPEC_PREFIX)] = shown
+    return spec
 
 
 def inspect_embedding(
@@ -43,6 +55,7 @@ def inspect_embedding(
         "file_token": embedding.token,
         "num_vectors": embedding.num_vectors,
         "trained_on": trained_on,
+        "model_spec": model_spec(embedding.metadata),
         "encoders": [
             {
                 "name": name,
@@ -118,6 +131,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  trained on: {trained}")
     else:
         lines.append("  trained on: the file does not say")
+    if report.get("model_spec"):
+        lines.append("  model spec:")
+        lines += [f"    {key}: {value}" for key, value in report["model_spec"].items()]
     if "model" in report:
         lines.append(f"  compared with {report['model']}")
         if not report["fits_model"]:

@@ -9,9 +9,11 @@ Every file is written atomically; pickles use the zip layout of torch 2.1, which
 
 from __future__ import annotations
 
+import base64
 import datetime
 import io
 import logging
+import mimetypes
 import os
 import re
 import struct
@@ -24,6 +26,9 @@ import torch
 from torch import Tensor
 
 from ti_core.atomic import write_bytes_atomic
+from ti_core.config.run_config import FIELDS, Config
+from ti_core.config.saving_options import METADATA_NAMES
+from ti_core.data.spec import parse_resolution
 from ti_core.embeddings.files import SDXL_KEYS, SUFFIXES, Embedding, read_embedding
 from ti_core.errors import TiError
 
@@ -146,7 +151,39 @@ def sai_metadata(title: str, family: str, v_parameterization: bool) -> dict[str,
         "modelspec.resolution": resolution,
         "modelspec.prediction_type": "v" if v_parameterization else "epsilon",
         "modelspec.date": datetime.datetime.fromtimestamp(int(time.time())).isoformat(),
+        "modelspec.trigger_phrase": title,  # A1111 and ComfyUI trigger on the file name
     }
+
+
+def run_model_spec(config: Config, title: str) -> dict[str, str]:
+    """The modelspec.* keys a run adds to `sai_metadata`, as sd-scripts' get_sai_model_spec
+    does: the metadata_* options (the title defaulting to `title`), the training resolution
+    when one is set, and the text encoder layer when clip_skip is used. Empty ones are left out
+    (so the file name stays the trigger phrase)."""
+    saving = config.saving
+    spec = {f"modelspec.{name}": getattr(saving, f"metadata_{name}") for name in METADATA_NAMES}
+    spec["modelspec.title"] = saving.metadata_title or title
+    spec["modelspec.thumbnail"] = _data_url(saving.metadata_thumbnail)
+    if config.dataset.resolution != FIELDS["resolution"].default:
+        width, height = parse_resolution(config.dataset.resolution)
+        spec["modelspec.resolution"] = f"{width}x{height}"
+    if config.model.clip_skip > 1:
+        spec["modelspec.encoder_layer"] = str(config.model.clip_skip)
+    return {key: value for key, value in spec.items() if value}
+
+
+def _data_url(thumbnail: str) -> str:
+    """A thumbnail option as the data: URL the model spec stores ("" when the file is gone)."""
+    if not thumbnail or thumbnail.startswith("data:"):
+        return thumbnail
+    path = Path(thumbnail)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        log.warning("metadata_thumbnail = %s: not stored (%s)", path, error.strerror or error)
+        return ""
+    kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{kind};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def convert_embedding(

@@ -25,10 +25,14 @@ FLAGS = (STOP, SAVE_NOW, SAMPLE_NOW)
 
 STATUS, STEP, SAMPLE, CHECKPOINT = "status", "step", "sample", "checkpoint"
 WARNING, ERROR, DONE = "warning", "error", "done"
-EVENT_TYPES = (STATUS, STEP, SAMPLE, CHECKPOINT, WARNING, ERROR, DONE)
+# Whether the embedding is good: training/insight.py writes these at each measurement.
+VALIDATION, VECTORS, HINT, SUGGESTION = "validation", "vectors", "hint", "suggestion"
+SCORE = "score"  # CLIP-I and CLIP-T of a saved step (training/scores.py), when clip_model is set
+EVENT_TYPES = (STATUS, STEP, SAMPLE, CHECKPOINT, WARNING, ERROR, DONE,
+               VALIDATION, VECTORS, HINT, SUGGESTION, SCORE)  # fmt: skip
 
 LOADING = "loading"  # the first phase of a run: in a folder trained again, a new run begins
-PHASES = (LOADING, "caching", "training", "sampling", "saving")
+PHASES = (LOADING, "caching", "preparing data", "training", "sampling", "validating", "saving")
 
 FINISHED, STOPPED, FAILED = "finished", "stopped", "failed"
 DONE_REASONS = (FINISHED, STOPPED, FAILED)

@@ -19,10 +19,15 @@ from ti_core.run_folder.names import (
     DONE,
     ERROR,
     EVENTS_FILE,
+    HINT,
     LOADING,
     SAMPLE,
+    SCORE,
     STATUS,
     STEP,
+    SUGGESTION,
+    VALIDATION,
+    VECTORS,
     WARNING,
 )
 
@@ -58,6 +63,11 @@ class Run:
     warnings: list[str] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)  # message, hint
     done: Event | None = None
+    validation: list[tuple[int, float]] = field(default_factory=list)  # step, validation loss
+    vectors: list[Event] = field(default_factory=list)  # vector health, oldest first
+    hints: list[Event] = field(default_factory=list)  # {step, kind, message}
+    suggestion: Event | None = None  # the latest {step, path, why}
+    scores: list[Event] = field(default_factory=list)  # {step, clip_i, clip_t, images}
     other: list[Event] = field(default_factory=list)  # events of types with no fold rule
 
     def apply(self, event: Event) -> None:
@@ -112,6 +122,30 @@ def _fold_done(run: Run, event: Event) -> None:
     run.done = event
 
 
+def _fold_validation(run: Run, event: Event) -> None:
+    if isinstance(event.get("loss"), (int, float)):
+        run.validation.append((_step_of(event) or 0, float(event["loss"])))
+
+
+def _fold_vectors(run: Run, event: Event) -> None:
+    if isinstance(event.get("encoders"), dict):
+        run.vectors.append(event)
+
+
+def _fold_hint(run: Run, event: Event) -> None:
+    run.hints.append(event)
+
+
+def _fold_suggestion(run: Run, event: Event) -> None:
+    if isinstance(event.get("path"), str):
+        run.suggestion = event
+
+
+def _fold_score(run: Run, event: Event) -> None:
+    if _step_of(event) is not None:
+        run.scores.append(event)
+
+
 FOLD: dict[str, Callable[[Run, Event], None]] = {
     STATUS: _fold_status,
     STEP: _fold_step,
@@ -120,6 +154,11 @@ FOLD: dict[str, Callable[[Run, Event], None]] = {
     WARNING: _fold_warning,
     ERROR: _fold_error,
     DONE: _fold_done,
+    VALIDATION: _fold_validation,
+    VECTORS: _fold_vectors,
+    HINT: _fold_hint,
+    SUGGESTION: _fold_suggestion,
+    SCORE: _fold_score,
 }
 
 

@@ -137,6 +137,30 @@ class RunFolder:
         """An embedding written; format names the file kind (e.g. safetensors, pt, diffusers)."""
         return self.event(names.CHECKPOINT, step=step, path=self._absolute(path), format=format)
 
+    def validation(self, step: int, loss: float) -> dict[str, Any]:
+        """The validation loss of the vectors at `step` (training/validation.py)."""
+        return self.event(names.VALIDATION, step=step, loss=loss)
+
+    def vectors(
+        self, step: int, encoders: dict[str, list[dict]], vocab_median_norm: dict[str, float]
+    ) -> dict[str, Any]:
+        """Vector health per text encoder: each vector's norm, drift and nearest tokens."""
+        return self.event(
+            names.VECTORS, step=step, encoders=encoders, vocab_median_norm=vocab_median_norm
+        )
+
+    def hint(self, step: int, kind: str, message: str) -> dict[str, Any]:
+        """A plain-words hint (not_moving, norm_runaway, overfitting, encoder_idle)."""
+        return self.event(names.HINT, step=step, kind=kind, message=message)
+
+    def suggestion(self, step: int, path: str | Path, why: str) -> dict[str, Any]:
+        """The saved step to keep, and why."""
+        return self.event(names.SUGGESTION, step=step, path=self._absolute(path), why=why)
+
+    def score(self, step: int, clip_i: float, clip_t: float, images: int) -> dict[str, Any]:
+        """The quality scores of a saved step (raw cosines in [-1, 1]) from `images` images."""
+        return self.event(names.SCORE, step=step, clip_i=clip_i, clip_t=clip_t, images=images)
+
     def warning(self, message: str) -> dict[str, Any]:
         return self.event(names.WARNING, message=message)
 

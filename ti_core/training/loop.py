@@ -29,14 +29,22 @@ from ti_core.models.devices import choose_device
 from ti_core.run_folder.names import CONFIG_FILE, SAMPLE_NOW, SAVE_NOW, STOP
 from ti_core.run_folder.writer import RunFolder
 from ti_core.training.diffusion import (
-    image_losses,
+    enforce_zero_terminal_snr,
     noisy_latents,
     prediction_target,
     training_scheduler,
 )
 from ti_core.training.distributed import ShareOfBatches, Team
-from ti_core.training.optim import build_optimizer, build_scheduler, current_lr
-from ti_core.training.outputs import Outputs, every
+from ti_core.training.health import limit_norms
+from ti_core.training.insight import Insight
+from ti_core.training.losses import image_losses
+from ti_core.training.optim import (
+    current_lr,
+    optimizer_for_config,
+    optimizer_train_mode,
+    scheduler_for_config,
+)
+from ti_core.training.outputs import Outputs, epochs_between_copies, every
 from ti_core.training.setup import (
     Precision,
     TrainableModel,
@@ -47,6 +55,8 @@ from ti_core.training.setup import (
     prepare_model,
     total_steps,
 )
+from ti_core.training.trackers import open_trackers
+from ti_core.training.validation import is_on
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +73,7 @@ class Training:
     noise_scheduler: Any
     scaler: Any
     outputs: Outputs
+    insight: Insight
     max_steps: int
     num_epochs: int
 
@@ -78,11 +89,14 @@ def train(
     `entries`: the images the preflight's dataset check found (else they are searched again).
     `team`: the processes of a data-parallel run; only the first one saves (and returns)."""
     t = set_up(config, specs, run, entries, team)
+    training, token = config.training, config.token
     saving, sampling = config.saving, config.sampling
-    outputs, batches = t.outputs, t.batches
-    accumulation = config.training.gradient_accumulation_steps
+    outputs, batches, insight = t.outputs, t.batches, t.insight
+    accumulation = training.gradient_accumulation_steps
     workers = config.dataset.max_data_loader_n_workers
     step, first_epoch, skip_batches = outputs.resume(len(batches))
+    saving.save_every_n_epochs = epochs_between_copies(saving, t.num_epochs)
+    trackers = open_trackers(config, run)  # TensorBoard / wandb (log_with); closed by the CLI
     run.status("training")
     started, reason = time.monotonic(), "finished"
     # The console's bar; off when stderr is not a terminal (the GUI reads events.jsonl).
@@ -90,31 +104,43 @@ def train(
                     disable=None if team.is_main else True)  # fmt: skip
     if sampling.sample_at_first and step == 0:
         outputs.sample(step)
+    if is_on(config) and step == 0:
+        insight.measure(step)  # where the vectors start: the baseline of every figure
     for epoch in range(first_epoch, t.num_epochs + 1):
         batches.set_epoch(epoch)
         for batch_index, batch in epoch_batches(batches, skip_batches, workers):
             which = batch_index * team.size + team.rank  # this batch's place in the epoch
             noise_seed = hash((config.training.seed, epoch, which)) % 2**63
+            optimizer_train_mode(t.optimizer)  # schedule-free: back from the averaged weights
             loss = step_loss(config, t.model, batch, t.precision, t.noise_scheduler, noise_seed)
             shown_loss = team.average(loss.detach())
-            if not torch.isfinite(shown_loss):  # saves the last good vectors
+            if not torch.isfinite(shown_loss):  # back to the last good vectors, or stop
+                if outputs.roll_back(step, float(shown_loss)):
+                    continue
                 raise outputs.fail_non_finite(step, float(shown_loss))
             backward(loss / accumulation, t.scaler)
             if (batch_index + 1) % accumulation and batch_index + 1 < len(batches):
                 continue
             team.average_gradients(t.model.parameters)
-            optimizer_step(t.optimizer, t.model.parameters, t.scaler, config.training.max_grad_norm)
+            optimizer_step(t.optimizer, t.model.parameters, t.scaler, training.max_grad_norm)
+            limit_norms(t.model, insight.vocabulary, token.preserve_embedding_norm,
+                        token.max_embedding_norm)  # fmt: skip
+            outputs.remember_good()
             t.lr_schedule.step()
             step += 1
             outputs.position = (step, epoch, batch_index + 1)
             run.step(step=step, epoch=epoch, loss=float(shown_loss), lr=current_lr(t.optimizer),
                      **speed(started, step - outputs.resumed_step, t.max_steps - step),
                      total_steps=t.max_steps)  # fmt: skip
+            trackers.log({"loss": float(shown_loss), "lr": current_lr(t.optimizer)}, step)
             progress.update(1)
             progress.set_postfix(loss=f"{float(shown_loss):.4f}", epoch=epoch, refresh=False)
             # --- periodic work after a step, and the GUI's requests (flag files) ---
-            if every(step, saving.save_every_n_steps):
+            saved = every(step, saving.save_every_n_steps)
+            if saved:
                 outputs.save_step_copy(step)
+            if saved or every(step, training.validate_every_n_steps):
+                insight.measure(step, outputs.saved)
             if run.take_flag(SAVE_NOW):
                 outputs.save_now(step)
             if every(step, sampling.sample_every_n_steps) or run.take_flag(SAMPLE_NOW):
@@ -125,13 +151,18 @@ def train(
                 break
         else:  # --- periodic work after an epoch ---
             skip_batches = 0
-            if every(epoch, saving.save_every_n_epochs):
+            saved = every(epoch, saving.save_every_n_epochs)
+            if saved:
                 outputs.save_epoch_copy(step, epoch)
+            if saved or every(epoch, training.validate_every_n_epochs):
+                insight.measure(step, outputs.saved)
             if every(epoch, sampling.sample_every_n_epochs):
                 outputs.sample(step)
             continue
         break
     progress.close()
+    outputs.save_final(step)
+    insight.measure(step, outputs.saved)
     return outputs.finish(step, reason if step < t.max_steps else "finished")
 
 
@@ -168,20 +199,18 @@ def set_up(
     run.status("caching" if config.dataset.cache_latents else "preparing data")
     if not team.is_main:
         team.wait_for_all()  # the first process fills a latent cache on disk first
-    batches = build_batches(config, specs, model, precision, entries)
+    noise_scheduler = training_scheduler(
+        loaded.pipeline.scheduler, loaded.v_parameterization, training.zero_terminal_snr
+    )
+    steps = noise_scheduler.config.num_train_timesteps
+    batches, validation = build_batches(config, specs, model, precision, entries, steps)
     if team.is_main:
         team.wait_for_all()
     if team.size > 1:
         batches = ShareOfBatches(batches, team)
     max_steps, num_epochs = total_steps(config, len(batches))
-    o = config.optimizer
-    optimizer = build_optimizer(
-        model.parameters, o.optimizer_type, o.learning_rate, o.optimizer_args
-    )
-    lr_schedule = build_scheduler(
-        optimizer, o.lr_scheduler, o.learning_rate, max_steps, o.lr_warmup_steps,
-        o.lr_scheduler_num_cycles, o.lr_scheduler_power,
-    )  # fmt: skip
+    optimizer = optimizer_for_config(model.parameters, config.optimizer)
+    lr_schedule = scheduler_for_config(optimizer, config.optimizer, max_steps)
     scaler = grad_scaler(precision)
     log.info(
         "training %s: %d steps (%d epochs of %d batches%s), %s, attention %s",
@@ -190,9 +219,10 @@ def set_up(
         precision.device, model.attention,
     )  # fmt: skip
     return Training(
-        model, precision, batches, optimizer, lr_schedule,
-        training_scheduler(loaded.pipeline.scheduler, loaded.v_parameterization), scaler,
-        Outputs(config, run, model, optimizer, lr_schedule, scaler), max_steps, num_epochs,
+        model, precision, batches, optimizer, lr_schedule, noise_scheduler, scaler,
+        Outputs(config, run, model, optimizer, lr_schedule, scaler),
+        Insight(config, run, model, validation, precision, noise_scheduler, optimizer),
+        max_steps, num_epochs,
     )  # fmt: skip
 
 
@@ -217,6 +247,8 @@ def step_loss(
     pipeline, device = model.loaded.pipeline, precision.device
     # A batch's randomness depends only on (seed, epoch, batch): a resumed run draws the same.
     generator = torch.Generator().manual_seed(noise_seed)
+    if config.training.zero_terminal_snr:  # set_up did it; a caller's own scheduler too (once)
+        enforce_zero_terminal_snr(noise_scheduler)
     if "latents" in batch:
         latents = batch["latents"].to(device, precision.weight_dtype)
     else:
@@ -238,7 +270,7 @@ def step_loss(
             model.loaded.family, model.text_encoders, input_ids, config.model.clip_skip
         )
         noisy, timesteps, noise = noisy_latents(
-            latents, noise_scheduler, generator, config.training.noise_offset
+            latents, noise_scheduler, generator, config.training
         )
         extra = None
         if condition.pooled is not None:
@@ -248,9 +280,7 @@ def step_loss(
             noisy, timesteps, condition.context.to(noisy.dtype), added_cond_kwargs=extra
         ).sample
     target = prediction_target(noise_scheduler, latents, noise, timesteps)
-    losses = image_losses(
-        prediction, target, timesteps, noise_scheduler, config.training.min_snr_gamma
-    )
+    losses = image_losses(prediction, target, timesteps, noise_scheduler, config.training)
     return (losses * batch["loss_weights"].to(device)).mean()
 
 

@@ -1,85 +1,160 @@
-"""Optimizers and learning-rate schedules for the trainable embedding rows, named and
-behaving as in kohya-ss sd-scripts, plus AUTOMATIC1111's piecewise learning-rate syntax.
+"""Optimizers for the trainable embedding rows, named and behaving as in kohya-ss sd-scripts'
+get_optimizer (every name it knows, any torch.optim class or module.Class), and the
+schedule-free optimizers' train/eval modes. Schedules are in schedules.py.
 
-torch and the optimizer libraries load only when an optimizer or schedule is built; what the
-user types (learning rate text, optimizer_args) is parsed in optim_args.py.
+torch and the optimizer libraries load only when an optimizer is built; what the user types
+(names, learning rate text, optimizer_args) is parsed in optim_args.py.
 """
 
 from __future__ import annotations
 
-import functools
+import importlib
 import inspect
 import logging
-import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ti_core.config.run_config import FIELDS
 from ti_core.errors import ConfigError
 from ti_core.training.optim_args import (
+    LR_SCHEDULERS,
+    OPTIMIZER_TYPES,
     PiecewiseRate,
     did_you_mean,
     parse_learning_rate,
     parse_optimizer_args,
+    resolve_optimizer_type,
 )
+from ti_core.training.schedules import build_scheduler, is_schedule_free, resolve_warmup_steps
 
 if TYPE_CHECKING:
     import torch
     from torch.optim.lr_scheduler import LRScheduler
 
+    from ti_core.config.run_config import OptimizerConfig
+
+__all__ = [
+    "LR_SCHEDULERS",
+    "OPTIMIZER_TYPES",
+    "PiecewiseRate",
+    "build_optimizer",
+    "build_scheduler",
+    "check_optimizer_settings",
+    "current_lr",
+    "optimizer_eval_mode",
+    "optimizer_for_config",
+    "optimizer_train_mode",
+    "parse_learning_rate",
+    "parse_optimizer_args",
+    "resolve_warmup_steps",
+    "scheduler_for_config",
+]
+
 log = logging.getLogger(__name__)
 
-# The names the config accepts are the names built here: one list, in ti_core/config/run_config.py.
-OPTIMIZER_TYPES: tuple[str, ...] = FIELDS["optimizer_type"].choices or ()
-LR_SCHEDULERS: tuple[str, ...] = FIELDS["lr_scheduler"].choices or ()
-# Where each optimizer comes from, for the "how to install it" message.
-_INSTALL = {
-    "AdamW8bit": "bitsandbytes==0.50.2",
-    "Lion": "bitsandbytes==0.50.2",
-    "Prodigy": "prodigyopt==1.1.2",
+# Where each name of OPTIMIZER_TYPES comes from: (module, class). sd-scripts takes Lion from
+# lion_pytorch; bitsandbytes' 32-bit Lion is the same update (decoupled weight decay, sign of
+# the interpolated momentum), runs on CPU and keeps today's runs resuming bit for bit.
+_OPTIMIZER_CLASSES: dict[str, tuple[str, str]] = {
+    "AdamW": ("torch.optim", "AdamW"),
+    "AdamW8bit": ("bitsandbytes.optim", "AdamW8bit"),
+    "PagedAdamW": ("bitsandbytes.optim", "PagedAdamW"),
+    "PagedAdamW8bit": ("bitsandbytes.optim", "PagedAdamW8bit"),
+    "PagedAdamW32bit": ("bitsandbytes.optim", "PagedAdamW32bit"),
+    "Lion": ("bitsandbytes.optim", "Lion"),
+    "Lion8bit": ("bitsandbytes.optim", "Lion8bit"),
+    "PagedLion8bit": ("bitsandbytes.optim", "PagedLion8bit"),
+    "SGDNesterov": ("torch.optim", "SGD"),
+    "SGDNesterov8bit": ("bitsandbytes.optim", "SGD8bit"),
+    "DAdaptation": ("dadaptation.experimental", "DAdaptAdamPreprint"),
+    "DAdaptAdamPreprint": ("dadaptation.experimental", "DAdaptAdamPreprint"),
+    "DAdaptAdaGrad": ("dadaptation", "DAdaptAdaGrad"),
+    "DAdaptAdam": ("dadaptation", "DAdaptAdam"),
+    "DAdaptAdan": ("dadaptation", "DAdaptAdan"),
+    "DAdaptAdanIP": ("dadaptation.experimental", "DAdaptAdanIP"),
+    "DAdaptLion": ("dadaptation", "DAdaptLion"),
+    "DAdaptSGD": ("dadaptation", "DAdaptSGD"),
+    "Prodigy": ("prodigyopt", "Prodigy"),
+    "Adafactor": ("transformers.optimization", "Adafactor"),
+    "RAdamScheduleFree": ("schedulefree", "RAdamScheduleFree"),
+    "AdamWScheduleFree": ("schedulefree", "AdamWScheduleFree"),
+    "SGDScheduleFree": ("schedulefree", "SGDScheduleFree"),
 }
+# The pins of requirements.txt, for the "how to install it" message.
+_INSTALL = {
+    "bitsandbytes": "bitsandbytes==0.50.2",
+    "dadaptation": "dadaptation==3.2",
+    "prodigyopt": "prodigyopt==1.1.2",
+    "schedulefree": "schedulefree==1.4.1",
+    "transformers": "transformers==5.23.0",
+}
+_NESTEROV = ("SGDNesterov", "SGDNesterov8bit")
+_SETS_OWN_STEP = ("DAdapt", "Prodigy")  # name prefixes: lr multiplies the step they find
 
 
 # ---- optimizers -----------------------------------------------------------------------------
 
 
-def _optimizer_class(optimizer_type: str) -> Any:
-    """The class for a canonical optimizer name, importing its library only now."""
-    import torch
-
-    if optimizer_type == "AdamW":
-        return torch.optim.AdamW
-    if optimizer_type == "SGDNesterov":
-        return torch.optim.SGD
-    if optimizer_type == "Adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor
+def _optimizer_class(name: str) -> Any:
+    """The class for a resolved optimizer name, importing its library only now."""
+    if name not in _OPTIMIZER_CLASSES:
+        return _custom_optimizer_class(name)
+    module_name, class_name = _OPTIMIZER_CLASSES[name]
     try:
-        if optimizer_type == "Prodigy":
-            import prodigyopt
-
-            return prodigyopt.Prodigy
-        import bitsandbytes as bnb
-
-        # sd-scripts takes Lion from lion_pytorch; bitsandbytes' 32-bit Lion is the same
-        # update (decoupled weight decay, sign of the interpolated momentum) and runs on CPU.
-        return bnb.optim.AdamW8bit if optimizer_type == "AdamW8bit" else bnb.optim.Lion
-    except Exception as error:  # ImportError, or a bitsandbytes build that cannot load here
-        package = _INSTALL[optimizer_type]
+        return getattr(importlib.import_module(module_name), class_name)
+    except Exception as error:  # ImportError, or a library build that cannot load here
+        package = _INSTALL.get(module_name.split(".")[0], module_name.split(".")[0])
         raise ConfigError(
-            f"optimizer_type {optimizer_type} needs {package.split('==')[0]}, which cannot be "
+            f"optimizer_type {name} needs {package.split('==')[0]}, which cannot be "
             f"loaded ({type(error).__name__}: {error}); install it with: pip install {package}"
         ) from error
 
 
-def _check_keywords(
-    optimizer_type: str, optimizer_class: Any, kwargs: dict, reserved: dict
-) -> None:
+def _custom_optimizer_class(name: str) -> Any:
+    """sd-scripts' "any optimizer": a torch.optim class name, or module.Class imported."""
+    import torch
+
+    module_name, _, class_name = name.rpartition(".")
+    if module_name:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise ConfigError(
+                f"optimizer_type {name}: cannot import {module_name} ({error}); install the "
+                "package that provides it"
+            ) from error
+    else:
+        module = torch.optim
+    classes = {n: c for n, c in vars(module).items() if isinstance(c, type)}
+    optimizer_class = classes.get(class_name)
+    if optimizer_class is None and not module_name:  # a torch.optim class in any case
+        optimizer_class = {n.lower(): c for n, c in classes.items()}.get(class_name.lower())
+    if optimizer_class is None:
+        if module_name:
+            raise ConfigError(
+                f"optimizer_type {name}: {module_name} has no class {class_name!r}"
+                f"{did_you_mean(class_name, classes)}"
+            )
+        known = [*OPTIMIZER_TYPES, *(n for n, c in classes.items() if _is_optimizer(c))]
+        raise ConfigError(
+            f"optimizer_type {name!r} is not supported{did_you_mean(name, known)}; choose one "
+            f"of {', '.join(OPTIMIZER_TYPES)}, a torch.optim class (e.g. RAdam) or module.Class"
+        )
+    if not _is_optimizer(optimizer_class):
+        raise ConfigError(f"optimizer_type {name}: not an optimizer (a torch.optim.Optimizer)")
+    return optimizer_class
+
+
+def _is_optimizer(candidate: Any) -> bool:
+    import torch
+
+    return isinstance(candidate, type) and issubclass(candidate, torch.optim.Optimizer)
+
+
+def _check_keywords(name: str, optimizer_class: Any, kwargs: dict, reserved: dict) -> None:
     """Refuse optimizer_args the optimizer would reject, naming what it accepts."""
     for key, owner in reserved.items():
         if key in kwargs:
-            raise ConfigError(f"optimizer_args: {key} cannot be set for {optimizer_type}; {owner}")
+            raise ConfigError(f"optimizer_args: {key} cannot be set for {name}; {owner}")
     parameters = inspect.signature(optimizer_class.__init__).parameters.values()
     if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
         return
@@ -87,9 +162,32 @@ def _check_keywords(
     for key in kwargs:
         if key not in allowed:
             raise ConfigError(
-                f"optimizer_args: {optimizer_type} has no argument {key!r}"
+                f"optimizer_args: {name} has no argument {key!r}"
                 f"{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"
             )
+
+
+def _adafactor_rate(
+    kwargs: dict, rate: float | PiecewiseRate, lr: float, text: Any
+) -> float | None:
+    """sd-scripts' Adafactor defaults: relative_step unless turned off; then lr is unused."""
+    kwargs.setdefault("relative_step", True)
+    if kwargs.get("warmup_init") and not kwargs["relative_step"]:
+        log.info("Adafactor: warmup_init=True needs relative_step=True; turning it on")
+        kwargs["relative_step"] = True
+    if not kwargs["relative_step"]:
+        return lr
+    if isinstance(rate, PiecewiseRate):
+        raise ConfigError(
+            f"learning_rate {str(text)!r}: a piecewise schedule cannot drive "
+            "Adafactor with relative_step=True; add relative_step=False to optimizer_args"
+        )
+    if lr != 0:
+        log.warning(
+            f"Adafactor with relative_step=True sets its own step size; learning_rate "
+            f"{lr} is only reported as the initial rate (add relative_step=False to use it)"
+        )
+    return None
 
 
 def build_optimizer(
@@ -97,18 +195,15 @@ def build_optimizer(
     optimizer_type: str,
     learning_rate: float | str | PiecewiseRate,
     optimizer_args: Sequence[str] | str | None = (),
+    *,
+    use_8bit_adam: bool = False,
+    use_lion_optimizer: bool = False,
 ) -> torch.optim.Optimizer:
     """The optimizer sd-scripts' get_optimizer would build for `optimizer_type` (any case),
     over `params`: the small (N, dim) embedding rows, one tensor per text encoder, in one group.
-    A piecewise learning_rate starts the optimizer at its first rate (build_scheduler drives it)."""
-    canonical = {name.lower(): name for name in OPTIMIZER_TYPES}
-    name = canonical.get(str(optimizer_type).strip().lower())
-    if name is None:
-        raise ConfigError(
-            f"optimizer_type {optimizer_type!r} is not supported"
-            f"{did_you_mean(str(optimizer_type), OPTIMIZER_TYPES)}; "
-            f"choose one of {', '.join(OPTIMIZER_TYPES)}"
-        )
+    A piecewise learning_rate starts the optimizer at its first rate (build_scheduler drives it).
+    A schedule-free optimizer comes back in train mode."""
+    name = resolve_optimizer_type(optimizer_type, use_8bit_adam, use_lion_optimizer)
     params = list(params)
     if not params:
         raise ValueError("build_optimizer needs at least one trainable tensor")
@@ -118,36 +213,21 @@ def build_optimizer(
     if name == "Lion" and kwargs.pop("use_triton", None) is not None:
         log.warning("optimizer_args: use_triton (a lion_pytorch option) is ignored")
     reserved = {"lr": "set it with learning_rate"}
-    if name == "SGDNesterov":
-        reserved["nesterov"] = "SGDNesterov always uses Nesterov momentum"
+    if name in _NESTEROV:
+        reserved["nesterov"] = f"{name} always uses Nesterov momentum"
     optimizer_class = _optimizer_class(name)
     _check_keywords(name, optimizer_class, kwargs, reserved)
 
-    if name == "SGDNesterov":
+    if name in _NESTEROV:
         kwargs.setdefault("momentum", 0.9)  # sd-scripts' default: Nesterov needs momentum
         kwargs["nesterov"] = True
-    elif name == "Prodigy" and lr <= 0.1:
+    elif name.startswith(_SETS_OWN_STEP) and lr <= 0.1:
         log.warning(
-            f"learning_rate {lr} is low for Prodigy, which adapts the step size itself; "
+            f"learning_rate {lr} is low for {name}, which adapts the step size itself; "
             "sd-scripts recommends learning_rate=1.0"
         )
     elif name == "Adafactor":
-        kwargs.setdefault("relative_step", True)  # sd-scripts' default
-        if kwargs.get("warmup_init") and not kwargs["relative_step"]:
-            log.info("Adafactor: warmup_init=True needs relative_step=True; turning it on")
-            kwargs["relative_step"] = True
-        if kwargs["relative_step"]:
-            if isinstance(rate, PiecewiseRate):
-                raise ConfigError(
-                    f"learning_rate {str(learning_rate)!r}: a piecewise schedule cannot drive "
-                    "Adafactor with relative_step=True; add relative_step=False to optimizer_args"
-                )
-            if lr != 0:
-                log.warning(
-                    f"Adafactor with relative_step=True sets its own step size; learning_rate "
-                    f"{lr} is only reported as the initial rate (add relative_step=False to use it)"
-                )
-            lr = None
+        lr = _adafactor_rate(kwargs, rate, lr, learning_rate)
 
     try:
         optimizer = optimizer_class(params, lr=lr, **kwargs)
@@ -156,15 +236,59 @@ def build_optimizer(
     log.info(
         f"optimizer: {name} ({optimizer_class.__module__}.{optimizer_class.__name__}) {kwargs}"
     )
+    optimizer_train_mode(optimizer)  # as sd-scripts: ready to step until told to eval()
     return optimizer
 
 
+def optimizer_for_config(
+    params: Iterable[torch.Tensor], options: OptimizerConfig
+) -> torch.optim.Optimizer:
+    """build_optimizer with the [optimizer] section's values."""
+    return build_optimizer(
+        params, options.optimizer_type, options.learning_rate, options.optimizer_args,
+        use_8bit_adam=options.use_8bit_adam, use_lion_optimizer=options.use_lion_optimizer,
+    )  # fmt: skip
+
+
+def scheduler_for_config(
+    optimizer: torch.optim.Optimizer, options: OptimizerConfig, max_train_steps: int
+) -> LRScheduler:
+    """build_scheduler with the [optimizer] section's values."""
+    return build_scheduler(
+        optimizer, options.lr_scheduler, options.learning_rate, max_train_steps,
+        options.lr_warmup_steps, options.lr_scheduler_num_cycles, options.lr_scheduler_power,
+        lr_decay_steps=options.lr_decay_steps,
+        lr_scheduler_min_lr_ratio=options.lr_scheduler_min_lr_ratio,
+        lr_scheduler_timescale=options.lr_scheduler_timescale,
+        lr_scheduler_type=options.lr_scheduler_type,
+        lr_scheduler_args=options.lr_scheduler_args,
+    )  # fmt: skip
+
+
+def check_optimizer_settings(options: OptimizerConfig, max_train_steps: int | None = None) -> None:
+    """Build the optimizer and schedule once over a stand-in tensor, quietly, so that a wrong
+    name, a missing package or a bad optimizer_args / lr_scheduler_args stops the run before
+    any model loads. max_train_steps None (not known yet: max_train_epochs) skips the checks
+    that need the real step count."""
+    import torch
+
+    quiet = logging.getLogger("ti_core.training")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the real build says it all again
+    try:
+        optimizer = optimizer_for_config([torch.zeros(1, 8, requires_grad=True)], options)
+        scheduler_for_config(optimizer, options, max_train_steps or 10**9)
+    finally:
+        quiet.setLevel(level)
+
+
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The step size to log: d*lr for Prodigy (as sd-scripts logs it), Adafactor's own relative
-    step size when it sets one, the (scheduled) lr otherwise. First parameter group."""
+    """The step size to log: d*lr for Prodigy and D-Adaptation (as sd-scripts logs it),
+    Adafactor's own relative step size when it sets one, the (scheduled) lr otherwise.
+    First parameter group."""
     group = optimizer.param_groups[0]
     lr = group["lr"]
-    if "d" in group and "d0" in group:  # Prodigy / D-Adaptation: lr is a multiplier of d
+    if "d" in group:  # Prodigy / D-Adaptation: lr is a multiplier of the step size d
         return float(group["d"] * lr)
     if group.get("relative_step"):
         state = optimizer.state.get(group["params"][0])
@@ -173,121 +297,19 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(lr) if lr is not None else 0.0
 
 
-# ---- schedules ------------------------------------------------------------------------------
+# ---- schedule-free: train and eval modes ----------------------------------------------------
 
 
-def resolve_warmup_steps(lr_warmup_steps: int | float, max_train_steps: int) -> int:
-    """Warm-up in steps; a float below 1 is a share of max_train_steps, as in sd-scripts."""
-    if isinstance(lr_warmup_steps, bool) or lr_warmup_steps < 0:
-        raise ConfigError(f"lr_warmup_steps {lr_warmup_steps!r}: expected a step count >= 0")
-    if isinstance(lr_warmup_steps, float):
-        if lr_warmup_steps < 1:
-            return int(lr_warmup_steps * max_train_steps)
-        if not lr_warmup_steps.is_integer():
-            raise ConfigError(
-                f"lr_warmup_steps {lr_warmup_steps}: expected a whole step count "
-                "or a share of the steps below 1"
-            )
-    return int(lr_warmup_steps)
+def optimizer_train_mode(optimizer: torch.optim.Optimizer) -> None:
+    """Before a training step: a schedule-free optimizer moves the weights to the point it
+    takes gradients at. Cheap and idempotent; a no-op for every other optimizer."""
+    if is_schedule_free(optimizer):
+        optimizer.train()
 
 
-def _is_relative_step_adafactor(optimizer: torch.optim.Optimizer) -> bool:
-    module = sys.modules.get("transformers.optimization")
-    return (
-        module is not None
-        and isinstance(optimizer, module.Adafactor)
-        and bool(optimizer.defaults.get("relative_step"))
-    )
-
-
-def _piecewise_schedule(optimizer: torch.optim.Optimizer, rate: PiecewiseRate) -> LRScheduler:
-    from torch.optim.lr_scheduler import LambdaLR
-
-    # LambdaLR sets lr = base lr * factor; with a base of 1.0 the factor is the rate, exactly.
-    for group in optimizer.param_groups:
-        group["lr"] = 1.0
-        group["initial_lr"] = 1.0
-    return LambdaLR(optimizer, functools.partial(PiecewiseRate.rate_at, rate))
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer,
-    lr_scheduler: str,
-    learning_rate: float | str | PiecewiseRate,
-    max_train_steps: int,
-    lr_warmup_steps: int | float = 0,
-    lr_scheduler_num_cycles: int = 1,
-    lr_scheduler_power: float = 1.0,
-) -> LRScheduler:
-    """The schedule sd-scripts' get_scheduler_fix would build (transformers' schedule functions).
-    Call scheduler.step() after each optimizer.step(). A piecewise learning_rate replaces
-    lr_scheduler; Adafactor with relative_step uses its AdafactorSchedule. To resume, build the
-    optimizer and scheduler from the same config, then load both state dicts."""
-    from transformers import optimization as schedules
-
-    name = str(lr_scheduler).strip().lower()
-    if name not in LR_SCHEDULERS:
-        raise ConfigError(
-            f"lr_scheduler {lr_scheduler!r} is not supported{did_you_mean(name, LR_SCHEDULERS)}; "
-            f"choose one of {', '.join(LR_SCHEDULERS)}"
-        )
-    if max_train_steps < 1:
-        raise ConfigError(f"max_train_steps {max_train_steps}: expected at least 1")
-    warmup = resolve_warmup_steps(lr_warmup_steps, max_train_steps)
-    rate = parse_learning_rate(learning_rate)
-
-    if _is_relative_step_adafactor(optimizer):
-        if isinstance(rate, PiecewiseRate):
-            raise ConfigError(
-                f"learning_rate {str(learning_rate)!r}: a piecewise schedule cannot drive "
-                "Adafactor with relative_step=True; add relative_step=False to optimizer_args"
-            )
-        if warmup:
-            raise ConfigError(
-                f"lr_warmup_steps {lr_warmup_steps}: Adafactor with relative_step=True "
-                "schedules itself; set lr_warmup_steps=0 or add relative_step=False"
-            )
-        if name != "constant":
-            log.warning(f"lr_scheduler {name} is ignored: Adafactor with relative_step=True")
-        return schedules.AdafactorSchedule(optimizer, initial_lr=rate)
-
-    if isinstance(rate, PiecewiseRate):
-        if name != "constant" or warmup:
-            log.warning(
-                f"learning_rate {str(rate)!r} is a piecewise schedule; it replaces "
-                f"lr_scheduler={name} and lr_warmup_steps={lr_warmup_steps}"
-            )
-        if rate.end_step is not None and rate.end_step < max_train_steps:
-            log.warning(
-                f"learning_rate {str(rate)!r} ends at step {rate.end_step} (AUTOMATIC1111 stops "
-                f"training there); its last rate {rate.pieces[-1][0]} holds until step "
-                f"{max_train_steps}"
-            )
-        return _piecewise_schedule(optimizer, rate)
-
-    if warmup >= max_train_steps and name != "constant":
-        log.warning(f"lr_warmup_steps {warmup} >= max_train_steps {max_train_steps}")
-    if name == "constant":
-        if warmup:  # sd-scripts refuses this too: the warm-up would silently do nothing
-            raise ConfigError(
-                f"lr_warmup_steps {lr_warmup_steps}: lr_scheduler constant has no warm-up; "
-                "use constant_with_warmup or set lr_warmup_steps=0"
-            )
-        return schedules.get_constant_schedule(optimizer)
-    if name == "constant_with_warmup":
-        return schedules.get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup)
-    steps = {"num_warmup_steps": warmup, "num_training_steps": max_train_steps}
-    if name == "linear":
-        return schedules.get_linear_schedule_with_warmup(optimizer, **steps)
-    if name == "cosine":
-        return schedules.get_cosine_schedule_with_warmup(optimizer, **steps)
-    if name == "cosine_with_restarts":
-        return schedules.get_cosine_with_hard_restarts_schedule_with_warmup(
-            optimizer, num_cycles=lr_scheduler_num_cycles, **steps
-        )
-    try:
-        return schedules.get_polynomial_decay_schedule_with_warmup(
-            optimizer, power=lr_scheduler_power, **steps
-        )
-    except ValueError as error:  # the rate must be above its end rate, 1e-7
-        raise ConfigError(f"lr_scheduler polynomial: {error}") from error
+def optimizer_eval_mode(optimizer: torch.optim.Optimizer) -> None:
+    """Before the weights are read (samples, validation, saving vectors or state): a
+    schedule-free optimizer moves them to its averaged point, the one to keep. A no-op for
+    every other optimizer."""
+    if is_schedule_free(optimizer):
+        optimizer.eval()

@@ -1,7 +1,9 @@
-"""What the user types for the optimizer: the learning rate (a number, or AUTOMATIC1111's
-piecewise "rate:until_step, ..." text) and sd-scripts' optimizer_args ("key=value").
+"""What the user types for the optimizer: its name, the learning rate (a number, or
+AUTOMATIC1111's piecewise "rate:until_step, ..." text) and sd-scripts' optimizer_args and
+lr_scheduler_args ("key=value").
 
-Torch-free: the config loader and the GUI check these as the user types.
+Torch-free: the config declares its options from the names here, and the config loader and
+the GUI check these as the user types.
 """
 
 from __future__ import annotations
@@ -16,10 +18,84 @@ from ti_core.errors import ConfigError, closest
 
 PIECEWISE_EXAMPLE = '"0.005:100, 1e-3:1000, 1e-5"'
 
+# Every optimizer name sd-scripts' train_textual_inversion.py knows, as it spells them (matched
+# in any case). The config's optimizer_type also takes a torch.optim class or any module.Class;
+# where each one comes from is in optim.py (_OPTIMIZER_CLASSES), one entry per name here.
+OPTIMIZER_TYPES: tuple[str, ...] = (
+    "AdamW",
+    "AdamW8bit",
+    "PagedAdamW",
+    "PagedAdamW8bit",
+    "PagedAdamW32bit",
+    "Lion",
+    "Lion8bit",
+    "PagedLion8bit",
+    "SGDNesterov",
+    "SGDNesterov8bit",
+    "DAdaptation",
+    "DAdaptAdamPreprint",
+    "DAdaptAdaGrad",
+    "DAdaptAdam",
+    "DAdaptAdan",
+    "DAdaptAdanIP",
+    "DAdaptLion",
+    "DAdaptSGD",
+    "Prodigy",
+    "Adafactor",
+    "RAdamScheduleFree",
+    "AdamWScheduleFree",
+    "SGDScheduleFree",
+)
+# sd-scripts' lr_scheduler names (transformers' schedules, diffusers' piecewise_constant, and
+# adafactor: Adafactor's own relative step size). Built in schedules.py.
+LR_SCHEDULERS: tuple[str, ...] = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+    "warmup_stable_decay",
+    "piecewise_constant",
+    "adafactor",
+)
+
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = closest(word, choices)
     return f" (did you mean {close}?)" if close else ""
+
+
+# ---- the optimizer's name -------------------------------------------------------------------
+
+
+def resolve_optimizer_type(
+    optimizer_type: str, use_8bit_adam: bool = False, use_lion_optimizer: bool = False
+) -> str:
+    """The optimizer to build: a name of OPTIMIZER_TYPES as spelled there when it is one (any
+    case), else the text as typed (a torch.optim class or module.Class, checked when built).
+    sd-scripts' older switches use_8bit_adam / use_lion_optimizer stand for AdamW8bit / Lion;
+    an empty name is AdamW, sd-scripts' default."""
+    text = str(optimizer_type).strip()
+    if use_8bit_adam and use_lion_optimizer:
+        raise ConfigError("use_8bit_adam and use_lion_optimizer are both on; turn one off")
+    if use_8bit_adam or use_lion_optimizer:
+        switch, wanted = (
+            ("use_8bit_adam", "AdamW8bit") if use_8bit_adam else ("use_lion_optimizer", "Lion")
+        )
+        # "AdamW" is our default, so it cannot tell a chosen optimizer from an untouched field
+        if text.lower() not in ("", "adamw", wanted.lower()):
+            raise ConfigError(
+                f"{switch} (optimizer_type {wanted}) and optimizer_type {text} both choose an "
+                f"optimizer; drop {switch} or set optimizer_type = {wanted!r}"
+            )
+        return wanted
+    if not text:
+        return "AdamW"
+    canonical = {name.lower(): name for name in OPTIMIZER_TYPES}
+    return canonical.get(text.lower(), text)
 
 
 # ---- learning rate: a number, or A1111's "rate:until_step, ..." ------------------------------
@@ -118,18 +194,28 @@ def parse_optimizer_args(optimizer_args: Sequence[str] | str | None) -> dict[str
     """sd-scripts' `key=value` optimizer arguments: values are Python literals, so
     "betas=0.9,0.99" is a tuple and "relative_step=False" a bool (true/false are accepted too).
     A single string is split on whitespace, as kohya_ss' GUI writes it."""
-    if optimizer_args is None:
+    return parse_key_values(optimizer_args, "optimizer_args", "weight_decay=0.01")
+
+
+def parse_scheduler_args(lr_scheduler_args: Sequence[str] | str | None) -> dict[str, Any]:
+    """sd-scripts' lr_scheduler_args, read as optimizer_args are ("T_max=100")."""
+    return parse_key_values(lr_scheduler_args, "lr_scheduler_args", "T_max=100")
+
+
+def parse_key_values(args: Sequence[str] | str | None, option: str, example: str) -> dict[str, Any]:
+    """`key=value` items with Python-literal values, for the option named `option`."""
+    if args is None:
         return {}
-    if isinstance(optimizer_args, str):
-        optimizer_args = optimizer_args.split()
+    if isinstance(args, str):
+        args = args.split()
     kwargs: dict[str, Any] = {}
-    for arg in optimizer_args:
+    for arg in args:
         key, sep, value_text = str(arg).partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise ConfigError(f"optimizer_args {arg!r}: expected key=value, e.g. weight_decay=0.01")
+            raise ConfigError(f"{option} {arg!r}: expected key=value, e.g. {example}")
         if key in kwargs:
-            raise ConfigError(f"optimizer_args {arg!r}: {key} is given twice")
+            raise ConfigError(f"{option} {arg!r}: {key} is given twice")
         value_text = value_text.strip()
         if value_text.lower() in ("true", "false"):
             kwargs[key] = value_text.lower() == "true"
@@ -138,7 +224,7 @@ def parse_optimizer_args(optimizer_args: Sequence[str] | str | None) -> dict[str
             kwargs[key] = ast.literal_eval(value_text)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             raise ConfigError(
-                f"optimizer_args {arg!r}: {value_text!r} is not a value; use a number, "
+                f"{option} {arg!r}: {value_text!r} is not a value; use a number, "
                 "True/False, None, a tuple like 0.9,0.99 or a quoted string"
             ) from None
     return kwargs

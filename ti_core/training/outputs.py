@@ -5,13 +5,17 @@ A stopped or failed run always keeps its last good embedding.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ti_core.atomic import atomic_path
+from ti_core.atomic import atomic_path, move_into_place
 from ti_core.config.run_config import Config
 from ti_core.errors import TiError
 from ti_core.run_folder.names import STATE_DIR, STATE_FILE
@@ -19,6 +23,9 @@ from ti_core.run_folder.writer import RunFolder
 from ti_core.training.setup import TrainableModel
 
 log = logging.getLogger(__name__)
+
+STAGING_DIR = ".saving"  # embeddings are written here and checked before they replace the old
+MAX_ROLLBACKS = 3
 
 
 class Outputs:
@@ -38,19 +45,24 @@ class Outputs:
         self.step_copies: list[list[Path]] = []
         self.epoch_copies: list[list[Path]] = []
         self.final_path: Path | None = None  # the first embedding's file under its final name
+        self.saved: dict[int, str] = {}  # step -> the first embedding's file saved at it
+        self.good: dict[str, Any] | None = None  # the last finite vectors and optimizer state
+        self.rollbacks = 0
 
     # --- embedding files ----------------------------------------------------------------
     def save_embedding(self, step: int, suffix: str = "") -> list[Path]:
         """Every embedding of the run, each as <its file name><suffix>.<format>."""
-        from ti_core.embeddings.writers import save_embedding
+        self._read_averaged()
+        from ti_core.embeddings.writers import run_model_spec, save_embedding
 
         if not self.run.writer:  # a data-parallel helper process: the first one saves
             return []
         saving, loaded = self.config.saving, self.model.loaded
         written: list[Path] = []
+        staging = self.run.path / STAGING_DIR
         for index, embedding in enumerate(self.model.embeddings):
-            paths = save_embedding(
-                self.run.path / f"{embedding.file_stem}{suffix}",
+            staged = save_embedding(
+                staging / f"{embedding.file_stem}{suffix}",
                 self.model.vectors(index),
                 format=saving.embedding_format,
                 save_model_as=saving.save_model_as,
@@ -61,28 +73,53 @@ class Outputs:
                 save_precision=saving.save_precision,
                 base_model_name=loaded.source,
                 metadata={
-                    "modelspec.title": embedding.file_stem,
+                    **run_model_spec(self.config, embedding.file_stem),
                     "ti_trainer.init_word": embedding.init_word,
                 },
             )
+            problem = _mismatch(staged[0], self.model.vectors(index), saving.save_precision)
+            if problem:  # the file on disk would not be the embedding: keep the previous one
+                for path in staged:
+                    path.unlink(missing_ok=True)
+                self.run.error(
+                    message=f"{self.run.path / staged[0].name}: not saved: {problem}",
+                    hint="the previous file is kept; report this with the run's train.log",
+                )
+                continue
+            paths = [move_into_place(path, self.run.path / path.name) for path in staged]
             for path in paths:
                 self.run.checkpoint(step=step, path=str(path), format=saving.embedding_format)
-            if not suffix and index == 0:
-                self.final_path = paths[0]
+            if index == 0:
+                self.saved[step] = str(paths[0])
+                if not suffix:
+                    self.final_path = paths[0]
             written += paths
+        with contextlib.suppress(OSError):
+            staging.rmdir()
         return written
 
     def save_step_copy(self, step: int) -> None:
-        """A numbered copy (save_every_n_steps), keeping the last save_last_n_steps."""
-        paths = self.save_embedding(step, f"-step{step:08d}")
-        _keep_last(self.step_copies, paths, self.config.saving.save_last_n_steps)
-        self.save_state_if_asked()
+        """A numbered copy (save_every_n_steps). save_last_n_steps(_state) keep the copies (and
+        state folders) of the last N steps, counted as sd-scripts counts them."""
+        saving, suffix = self.config.saving, f"-step{step:08d}"
+        self.step_copies.append(self.save_embedding(step, suffix))
+        _keep_recent_steps(self.step_copies, step, saving.save_last_n_steps)
+        self.save_state_if_asked(suffix)
+        span = saving.save_last_n_steps_state or saving.save_last_n_steps
+        if saving.save_state and span and self.run.writer:
+            _prune_states(self.run.path, self.state_stem, r"-step(\d{8})", step - span)
 
     def save_epoch_copy(self, step: int, epoch: int) -> None:
-        """A numbered copy (save_every_n_epochs), keeping the last save_last_n_epochs."""
-        paths = self.save_embedding(step, f"-{epoch:06d}")
-        _keep_last(self.epoch_copies, paths, self.config.saving.save_last_n_epochs)
-        self.save_state_if_asked()
+        """A numbered copy (save_every_n_epochs), keeping the last save_last_n_epochs; state
+        folders: the last save_last_n_epochs_state (or save_last_n_epochs)."""
+        saving, suffix = self.config.saving, f"-{epoch:06d}"
+        paths = self.save_embedding(step, suffix)
+        _keep_last(self.epoch_copies, paths, saving.save_last_n_epochs)
+        self.save_state_if_asked(suffix)
+        keep = saving.save_last_n_epochs_state or saving.save_last_n_epochs
+        if saving.save_state and keep and self.run.writer:
+            oldest_kept = epoch - saving.save_every_n_epochs * keep + 1
+            _prune_states(self.run.path, self.state_stem, r"-(\d{6})", oldest_kept)
 
     def save_now(self, step: int) -> None:
         """SAVE_NOW: the final file as it stands (and the state)."""
@@ -90,18 +127,57 @@ class Outputs:
         self.save_state_if_asked()
 
     # --- the end of a run -----------------------------------------------------------------
-    def finish(self, step: int, reason: str) -> Path:
+    def save_final(self, step: int) -> None:
         self.run.status("saving")
         self.save_now(step)
+
+    def finish(self, step: int, reason: str) -> Path:
+        """The done event (after save_final): how the run ended and its final file. Before it,
+        with save_state or save_state_on_train_end, the state as sd-scripts' <name>-state too."""
+        if self.config.saving.save_state or self.config.saving.save_state_on_train_end:
+            self.copy_state(self.save_state(), "")
         self.run.done(reason=reason, path=str(self.final_path))
         log.info("%s at step %d: %s", reason, step, self.final_path)
         return self.final_path  # type: ignore[return-value]
+
+    def remember_good(self) -> None:
+        """After an optimizer step: the vectors and optimizer state to roll back to, when the
+        vectors are finite (a finite loss can still give an update that overflows)."""
+        if all(bool(torch.isfinite(tokens.vectors).all()) for tokens in self.model.tokens):
+            self.good = {
+                "vectors": [t.vectors.detach().clone() for t in self.model.tokens],
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            }
+
+    def roll_back(self, step: int, loss: float) -> bool:
+        """A non-finite loss: back to the last good vectors and optimizer state, with half the
+        learning rate, and on (True); after MAX_ROLLBACKS of them, False (the run then fails,
+        keeping the last good file)."""
+        if self.good is None or self.rollbacks >= MAX_ROLLBACKS:
+            return False
+        self.rollbacks += 1
+        with torch.no_grad():
+            for tokens, vectors in zip(self.model.tokens, self.good["vectors"], strict=True):
+                tokens.vectors.copy_(vectors)
+        self.optimizer.load_state_dict(copy.deepcopy(self.good["optimizer"]))
+        self.optimizer.zero_grad(set_to_none=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] /= 2
+        if hasattr(self.lr_schedule, "base_lrs"):
+            self.lr_schedule.base_lrs = [rate / 2 for rate in self.lr_schedule.base_lrs]
+        log.warning(
+            "the loss became %s at step %d: back to the last good vectors with half the "
+            "learning rate (%d of %d roll-backs)", loss, step + 1, self.rollbacks, MAX_ROLLBACKS,
+        )  # fmt: skip
+        return True
 
     def fail_non_finite(self, step: int, loss: float) -> TiError:
         """Save and record the failure; the vectors still hold the last good step (the bad one
         was never applied). Returns the error for the loop to raise."""
         self.save_embedding(step)
-        message = f"the loss became {loss} at step {step + 1}; training stopped"
+        message = f"the loss became {loss} at step {step + 1}"
+        message += f" after {self.rollbacks} roll-backs" if self.rollbacks else ""
+        message += "; training stopped"
         hint = (
             "lower the learning rate, or use mixed_precision = bf16 / no_half_vae "
             "(fp16 overflows); the embedding of the last good step is saved"
@@ -113,12 +189,29 @@ class Outputs:
         return failure
 
     # --- resumable state --------------------------------------------------------------------
-    def save_state_if_asked(self) -> None:
+    def save_state_if_asked(self, copy: str = "") -> None:
+        """save_state: state/ (what --resume and the GUI's Resume pick up); with a numbered
+        copy (`copy`: its suffix, -step00000500 or -000002) also <name><copy>-state."""
         if self.config.saving.save_state:
-            self.save_state()
+            latest = self.save_state()
+            if copy:
+                self.copy_state(latest, copy)
+
+    @property
+    def state_stem(self) -> str:
+        """sd-scripts names state folders after output_name: the first embedding's file."""
+        return self.model.embeddings[0].file_stem
+
+    def copy_state(self, latest: Path, copy: str) -> None:
+        """state/ as sd-scripts' state folder <name><copy>-state (<name>-state at the end)."""
+        if self.run.writer:
+            target = self.run.path / f"{self.state_stem}{copy}-state" / STATE_FILE
+            with atomic_path(target) as temporary:
+                shutil.copyfile(latest / STATE_FILE, temporary)
 
     def save_state(self) -> Path:
         folder = self.run.path / STATE_DIR
+        self._read_averaged()
         if not self.run.writer:
             return folder
         step, epoch, batches_done = self.position
@@ -166,6 +259,14 @@ class Outputs:
         log.info("resuming at step %d (epoch %d, batch %d)", step, epoch, batches_done)
         return step, epoch, batches_done
 
+    def _read_averaged(self) -> None:
+        """Before the vectors are read: a schedule-free optimizer's averaged point (the loop's
+        next step puts it back in train mode)."""
+        from ti_core.training.optim import optimizer_eval_mode
+
+        if self.optimizer is not None:
+            optimizer_eval_mode(self.optimizer)
+
     # --- samples ------------------------------------------------------------------------------
     def sample(self, step: int) -> None:
         from ti_core.training.samples import make_training_samples
@@ -175,6 +276,7 @@ class Outputs:
         if not self.config.sampling.sample_prompts:
             log.warning("no sample images at step %d: set sample_prompts (a prompts file)", step)
             return
+        self._read_averaged()
         self.run.status("sampling")
         try:
             for path, prompt in make_training_samples(self.config, self.model, step):
@@ -184,9 +286,59 @@ class Outputs:
         self.run.status("training")
 
 
+def _mismatch(path: Path, vectors: list[torch.Tensor], save_precision: str) -> str:
+    """Why the file just written does not hold `vectors` ("" when it does): read back through
+    our own reader, every text encoder present, shapes equal, values within the precision."""
+    from ti_core.embeddings.files import read_embedding
+
+    try:
+        found = read_embedding(path).vectors
+    except Exception as error:  # noqa: BLE001 - whatever the reader says, the file is bad
+        return f"it cannot be read back ({error})"
+    if len(found) != len(vectors):
+        return f"it holds {len(found)} text encoder(s)' vectors, the model has {len(vectors)}"
+    tolerance = {"float": 1e-6, "fp16": 1e-3, "bf16": 1e-2}[save_precision]
+    for index, (read, held) in enumerate(zip(found, vectors, strict=True)):
+        if tuple(read.shape) != tuple(held.shape):
+            return f"encoder {index}: shape {tuple(read.shape)}, expected {tuple(held.shape)}"
+        if not torch.allclose(read.float(), held.float(), rtol=tolerance, atol=tolerance):
+            return f"encoder {index}: the values differ from the vectors in memory"
+    return ""
+
+
+def epochs_between_copies(saving: Any, num_epochs: int) -> int:
+    """save_every_n_epochs, or with save_n_epoch_ratio N, epochs / N (at least 1) as sd-scripts
+    sets it: about N epoch copies in all."""
+    if not saving.save_n_epoch_ratio:
+        return saving.save_every_n_epochs
+    return max(num_epochs // saving.save_n_epoch_ratio, 1)
+
+
 def every(count: int, interval: int) -> bool:
     """Whether periodic work set to every `interval` steps/epochs is due at `count` (0 = off)."""
     return bool(interval) and count % interval == 0
+
+
+def _keep_recent_steps(copies: list[list[Path]], step: int, span: int) -> None:
+    """sd-scripts' save_last_n_steps: the copies saved within the last `span` steps stay (the
+    one exactly `span` steps back included); older ones go."""
+    if not span:
+        return
+    for paths in [paths for paths in copies if paths]:
+        saved_at = int(re.findall(r"-step(\d{8})", paths[0].name)[-1])
+        if saved_at < step - span:
+            copies.remove(paths)
+            for old in paths:
+                old.unlink(missing_ok=True)
+
+
+def _prune_states(folder: Path, stem: str, number: str, oldest_kept: int) -> None:
+    """Delete the state folders <stem><number>-state whose number is below oldest_kept."""
+    pattern = re.compile(rf"{re.escape(stem)}{number}-state")
+    for path in folder.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match and path.is_dir() and int(match.group(1)) < oldest_kept:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _keep_last(copies: list[list[Path]], paths: list[Path], keep: int) -> None:

@@ -97,13 +97,23 @@ def family_hint(model_name: str) -> str | None:
 
 def preflight(config: Config) -> tuple[list[DatasetSpec], DatasetReport]:
     """Everything that can be checked without the model, in the order a user fixes things."""
+    from ti_core.training.optim import check_optimizer_settings
+
     check_output_dir(config.saving.output_dir)
     family = family_hint(config.model.pretrained_model_name_or_path) or "sdxl"
     check_token_settings(config)
+    training = config.training
+    check_optimizer_settings(
+        config.optimizer, None if training.max_train_epochs else training.max_train_steps
+    )
     if config.sampling.sample_prompts:
         from ti_core.generation.samplers import parse_prompt_file
 
         parse_prompt_file(config.sampling.sample_prompts)  # a bad line stops now, not mid-run
+    if config.sampling.clip_model:
+        from ti_core.training.scores import check_clip_model
+
+        check_clip_model(config.sampling.clip_model)  # not mid-run, at the first score
     specs, report = check_data(config, family)
     require_clean(report)
     return specs, report

@@ -183,18 +183,28 @@ def build_batches(
     model: TrainableModel,
     precision: Precision,
     entries: list[list[ImageEntry]] | None = None,
-) -> Any:
-    """The run's batches, from the latent cache when cache_latents is on (the VAE then leaves
-    the device: training never needs it again)."""
+    num_timesteps: int = 1000,
+) -> tuple[Any, Any]:
+    """The run's batches, and the validation set (None when validation is off). Validation
+    images held out (validation_split) do not train; their latents are encoded before the
+    VAE leaves the device, which it does after a latent cache is filled (training never
+    needs it again)."""
     from ti_core.data.batches import EpochBatches
     from ti_core.data.latents import cache_latents, check_latent_cacheable, release_vae
     from ti_core.data.run_data import caption_maker, train_images
+    from ti_core.training.validation import build_validation_set, hold_out, is_on
 
     datasets = train_images(specs, entries)
+    make_caption = caption_maker(config, model.expand)
+    vae = model.loaded.pipeline.vae
+    validation = None
+    if is_on(config):
+        datasets, held = hold_out(datasets, config)
+        split = any(spec.validation_split > 0 for spec in specs)
+        validation = build_validation_set(config, held, make_caption, vae, split, num_timesteps)
     cache = None
     if config.dataset.cache_latents or config.dataset.cache_latents_to_disk:
         check_latent_cacheable(subset for spec in specs for subset in spec.subsets)
-        vae = model.loaded.pipeline.vae
         images = [image for _, dataset_images in datasets for image in dataset_images]
         cache = cache_latents(
             vae,
@@ -204,10 +214,11 @@ def build_batches(
             generator=torch.Generator().manual_seed(config.training.seed),
         )
         release_vae(vae)
-    return EpochBatches(
+    batches = EpochBatches(
         datasets,
-        caption_maker(config, model.expand),
+        make_caption,
         seed=config.training.seed,
         prior_loss_weight=config.training.prior_loss_weight,
         latent_cache=cache,
     )
+    return batches, validation

@@ -28,7 +28,7 @@ from ti_core.data.caption_fix import (
 )
 from ti_core.errors import TiError
 from ti_gui.fields import Form
-from ti_gui.path_picker import add_path_field
+from ti_gui.path_picker import add_path_field, add_rest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CHECK_TIMEOUT_S = 300
@@ -156,7 +156,7 @@ def build(form: Form) -> DatasetTab:
     with gr.Accordion("Captions and more dataset options", open=False):
         add_path_field(form, "reg_data_dir")
         add_path_field(form, "in_json")
-        form.add_rest("dataset")
+        add_rest(form, "dataset")
     check = gr.Button("Check dataset")
     report = gr.Markdown(elem_id="dataset-report")
     fixes = gr.Markdown(elem_id="dataset-fixes")

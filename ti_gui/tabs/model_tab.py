@@ -10,7 +10,7 @@ import gradio as gr
 from ti_core.errors import TiError
 from ti_core.models.checkpoint_info import classify_keys, folder_info, read_safetensors_header
 from ti_gui.fields import Form
-from ti_gui.path_picker import add_path_field
+from ti_gui.path_picker import add_path_field, add_rest
 
 
 @dataclass
@@ -57,7 +57,7 @@ def build(form: Form) -> ModelTab:
         form.add("clip_skip")
     add_path_field(form, "vae")
     with gr.Accordion("More model options", open=False):
-        form.add_rest("model")
+        add_rest(form, "model")
     return ModelTab(detected)
 
 

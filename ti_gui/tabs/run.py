@@ -1,5 +1,6 @@
-"""Run tab: Train starts the run (tabs -> one config -> ti_gui.supervisor), a timer draws its
-run folder; Stop / Save now / Sample now ask the run through flag files; past runs reopen."""
+"""Run tab: the detail of a run (Train and Stop are in the run bar above the tabs): a timer
+draws the run folder shown; Save now / Sample now ask the run through flag files; past runs
+reopen and Resume continues one."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import gradio as gr
 
 from ti_core.config.toml_io import config_from_toml
 from ti_core.errors import TiError
+from ti_core.run_folder.keep import REPLACED, keep_step
 from ti_core.run_folder.names import LOG_FILE, SAMPLE_NOW, SAVE_NOW
-from ti_gui import run_view
-from ti_gui.fields import VALID_MESSAGE, Form
-from ti_gui.supervisor import SUPERVISOR, list_runs, saved_state
+from ti_gui import charts, run_view
+from ti_gui.fields import Form
+from ti_gui.run_bar import RunBar
+from ti_gui.run_view import run_choices
+from ti_gui.supervisor import SUPERVISOR, saved_state
 
 POLL_S = 1.0
 MAX_TOASTS = 3
@@ -22,15 +26,16 @@ MAX_TOASTS = 3
 
 @dataclass
 class RunTab:
-    train: gr.Button
-    stop: gr.Button
     save_now: gr.Button
     sample_now: gr.Button
     resume: gr.Button
     resume_note: gr.Markdown
-    message: gr.Markdown
     progress: gr.Markdown
+    insight: gr.Markdown  # hints and the suggested step
+    keep: gr.Button  # Keep this step: the suggested checkpoint becomes the final file
     loss: gr.LinePlot
+    norm: gr.LinePlot
+    drift: gr.LinePlot
     gallery: gr.Gallery
     checkpoints: gr.Markdown
     messages: gr.Markdown
@@ -48,21 +53,22 @@ def default_runs_root(form: Form) -> str:
 
 def build(form: Form) -> RunTab:
     with gr.Row():
-        train = gr.Button("Train", variant="primary", elem_id="train-button")
-        stop = gr.Button("Stop", variant="stop", elem_id="stop-button")
         save_now = gr.Button("Save now")
         sample_now = gr.Button("Sample now")
         resume = gr.Button("Resume", interactive=False, elem_id="resume-button")
     resume_note = gr.Markdown(elem_id="resume-note")
-    message = gr.Markdown(elem_id="run-message")
     progress = gr.Markdown("### No run yet", elem_id="run-progress")
     with gr.Row():
-        loss = gr.LinePlot(
-            x="step", y="loss", color="curve", title="Loss", height=280, elem_id="loss-chart"
-        )
+        insight = gr.Markdown(elem_id="run-insight")
+        keep = gr.Button("Keep this step", visible=False, scale=0, elem_id="keep-step")
+    with gr.Row():
+        loss = charts.loss_plot()
         gallery = gr.Gallery(
             label="Samples", columns=4, height=280, interactive=False, elem_id="samples-gallery"
         )
+    with gr.Row():
+        norm = charts.lines_plot("Vector norm", "norm", "norm-chart")
+        drift = charts.lines_plot("Drift from the start (1 - cosine)", "drift", "drift-chart")
     with gr.Row():
         checkpoints = gr.Markdown("No embedding saved yet.")
         messages = gr.Markdown(elem_id="run-messages")
@@ -76,24 +82,16 @@ def build(form: Form) -> RunTab:
         shown = gr.Dropdown([], label="Run shown", allow_custom_value=True, elem_id="run-shown")
         refresh = gr.Button("Refresh list")
     return RunTab(
-        train, stop, save_now, sample_now, resume, resume_note, message, progress, loss, gallery,
+        save_now, sample_now, resume, resume_note, progress, insight, keep, loss, norm, drift,
+        gallery,
         checkpoints, messages, log, runs_root, shown, refresh, gr.Timer(POLL_S), gr.State({}),
     )  # fmt: skip
 
 
-def run_choices(root: str, *extra: Path | None) -> list[str]:
-    folders = [str(path) for path in list_runs(root)]
-    for path in extra:
-        if path is not None and str(path) not in folders:
-            folders.insert(0, str(path))
-    return folders
-
-
-def wire(
-    tab: RunTab, form: Form, sample_prompts: gr.Textbox, form_status: gr.Markdown, app: gr.Blocks
-) -> None:
-    views = [tab.progress, tab.loss, tab.gallery, tab.checkpoints, tab.messages, tab.log,
-             tab.resume, tab.resume_note]  # fmt: skip
+def wire(tab: RunTab, bar: RunBar, app: gr.Blocks) -> None:
+    """The Run tab's own buttons answer in the run bar's message line (seen from any tab)."""
+    views = [tab.progress, tab.insight, tab.keep, tab.loss, tab.norm, tab.drift, tab.gallery,
+             tab.checkpoints, tab.messages, tab.log, tab.resume, tab.resume_note]  # fmt: skip
 
     def draw(folder: str, seen: dict) -> dict[Any, Any]:
         if not folder:
@@ -114,7 +112,11 @@ def wire(
             gr.Warning(warning)
         out: dict[Any, Any] = {
             tab.seen: {"key": key, "folder": folder, "warnings": len(state.warnings),
-                       "samples": len(state.samples), "losses": len(state.losses)},
+                       "samples": len(state.samples), "losses": len(state.losses),
+                       "validation": len(state.latest.validation),
+                       "vectors": len(state.latest.vectors),
+                       "chart": seen.get("chart") if same_folder else None,
+                       "health": seen.get("health") if same_folder else None},
             tab.progress: run_view.progress_markdown(state, live, code),
             tab.checkpoints: run_view.checkpoints_markdown(state),
             tab.messages: run_view.messages_markdown(state, code),
@@ -123,26 +125,27 @@ def wire(
         can_resume, why = run_view.resume_status(state, live, running)
         out[tab.resume] = gr.update(interactive=can_resume)
         out[tab.resume_note] = why
-        if not (same_folder and seen.get("losses") == len(state.losses)):
-            out[tab.loss] = run_view.loss_frame(state)
+        drawn = out[tab.seen]["chart"]
+        total = int(state.last_step.get("total_steps", 0) or 0)
+        validation = state.latest.validation
+        counted = seen.get("losses") == len(state.losses)
+        if not (
+            drawn and drawn[0] == total and counted and seen.get("validation") == len(validation)
+        ):
+            out[tab.loss], out[tab.seen]["chart"] = charts.loss_update(
+                state.losses, total, {"validation": validation}, drawn
+            )
+        health = out[tab.seen]["health"] or [None, None]
+        if not (health[0] and seen.get("vectors") == len(state.latest.vectors)):
+            norms, drifts = charts.health_lines(state.latest.vectors)
+            out[tab.norm], health[0] = charts.lines_update(norms, total, health[0])
+            out[tab.drift], health[1] = charts.lines_update(drifts, total, health[1])
+            out[tab.seen]["health"] = health
+        out[tab.insight] = run_view.insight_markdown(state)
+        out[tab.keep] = gr.update(visible=bool(state.latest.suggestion) and not live)
         if not (same_folder and seen.get("samples") == len(state.samples)):
             out[tab.gallery] = run_view.gallery_items(state)
         return out
-
-    def start(data: dict[Any, Any]) -> dict[Any, Any]:
-        result = form.collect(data)
-        if not result.ready:  # nothing is written: no run folder for a form that cannot train
-            return {tab.message: "**Cannot train:** fix the config first.\n\n" + result.message()}
-        try:
-            folder = SUPERVISOR.start(result.config, data[sample_prompts] or "")
-        except TiError as error:
-            return {tab.message: f"**Cannot train:** {error}"}
-        choices = run_choices(data[tab.runs_root], folder)
-        return {
-            tab.message: f"Started a run in `{folder}`.",
-            tab.shown: gr.update(choices=choices, value=str(folder)),
-            form_status: VALID_MESSAGE,
-        }
 
     def resume(folder: str, root: str) -> dict[Any, Any]:
         """Start the shown run again from its saved state (its own config.toml; the form is
@@ -150,12 +153,26 @@ def wire(
         try:
             started = SUPERVISOR.resume(folder)
         except TiError as error:
-            return {tab.message: f"**Cannot resume:** {error}"}
+            return {bar.message: f"**Cannot resume:** {error}"}
         return {
-            tab.message: f"Resumed the run in `{started}` from its saved state.",
+            bar.message: f"Resumed the run in `{started}` from its saved state.",
             tab.shown: gr.update(choices=run_choices(root, started), value=str(started)),
             tab.seen: {},
         }
+
+    def keep(folder: str) -> str:
+        """The suggested step's file becomes the run's final file (the old one is kept)."""
+        suggestion = SUPERVISOR.state(folder).latest.suggestion if folder else None
+        if not suggestion:
+            return "**No suggested step to keep** for this run."
+        try:
+            final = keep_step(folder, suggestion["path"])
+        except TiError as error:
+            return f"**Cannot keep that step:** {error}"
+        return (
+            f"Kept step {suggestion.get('step')}: `{final.name}` now holds it (the file it "
+            f"replaced is `{final.stem}{REPLACED}{final.suffix}`)."
+        )
 
     def act(action) -> str:
         try:
@@ -172,28 +189,16 @@ def wire(
         return {tab.shown: gr.update(choices=choices, value=value), tab.seen: {}}
 
     private = {"api_visibility": "private"}
-    tab.train.click(
-        start, inputs=form.inputs() | {sample_prompts, tab.runs_root},
-        outputs=[tab.message, tab.shown, form_status], **private,
-    )  # fmt: skip
-
-    def train_enabled(status: str) -> dict[str, Any]:
-        """Train is offered only while the form can train (the status above the tabs says so)."""
-        return gr.update(interactive=(status or "").startswith(VALID_MESSAGE))
-
-    form_status.change(
-        train_enabled, inputs=form_status, outputs=tab.train, show_progress="hidden", **private
-    )
-    tab.stop.click(lambda: act(SUPERVISOR.stop), outputs=tab.message, **private)
     tab.resume.click(
-        resume, inputs=[tab.shown, tab.runs_root], outputs=[tab.message, tab.shown, tab.seen],
+        resume, inputs=[tab.shown, tab.runs_root], outputs=[bar.message, tab.shown, tab.seen],
         **private,
     )  # fmt: skip
+    tab.keep.click(keep, inputs=tab.shown, outputs=bar.message, **private)
     tab.save_now.click(
-        lambda: act(lambda: SUPERVISOR.request(SAVE_NOW)), outputs=tab.message, **private
+        lambda: act(lambda: SUPERVISOR.request(SAVE_NOW)), outputs=bar.message, **private
     )
     tab.sample_now.click(
-        lambda: act(lambda: SUPERVISOR.request(SAMPLE_NOW)), outputs=tab.message, **private
+        lambda: act(lambda: SUPERVISOR.request(SAMPLE_NOW)), outputs=bar.message, **private
     )
     tab.timer.tick(
         draw, inputs=[tab.shown, tab.seen], outputs=[*views, tab.seen],

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from ti_gui.fields import Form
-from ti_gui.path_picker import add_path_field
+from ti_gui.path_picker import add_path_field, add_rest
 
 
 @dataclass
@@ -26,7 +26,7 @@ def build(form: Form) -> SamplingTab:
         form.add("save_model_as")
     with gr.Accordion("More saving options", open=False):
         add_path_field(form, "resume")
-        form.add_rest("saving")
+        add_rest(form, "saving")
     prompts = gr.Textbox(
         "",
         lines=3,
@@ -41,7 +41,7 @@ def build(form: Form) -> SamplingTab:
         form.add("sample_at_first")
         form.add("sample_sampler")
     add_path_field(form, "sample_prompts")
-    form.add_rest("sampling")
+    add_rest(form, "sampling")
     return SamplingTab(prompts)
 
 

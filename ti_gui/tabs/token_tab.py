@@ -10,7 +10,7 @@ import gradio as gr
 
 from ti_core.embeddings.token_preview import TOKEN_BUDGETS, preview
 from ti_gui.fields import Form
-from ti_gui.path_picker import add_path_field
+from ti_gui.path_picker import add_path_field, add_rest
 
 DEFAULT_CAPTION = "a photo of {token}, close-up"
 
@@ -58,7 +58,7 @@ def build(form: Form) -> TokenTab:
         form.add("init_word")
         form.add("num_vectors_per_token")
     add_path_field(form, "weights")
-    form.add_rest("token")
+    add_rest(form, "token")
     caption = gr.Textbox(
         DEFAULT_CAPTION,
         label="Sample caption",

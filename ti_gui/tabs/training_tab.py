@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ti_gui.fields import Form
+from ti_gui.path_picker import add_rest
 
 
 def build(form: Form) -> None:
@@ -22,8 +23,8 @@ def build(form: Form) -> None:
         form.add("lr_scheduler")
         form.add("lr_warmup_steps")
     with gr.Accordion("More training and optimizer options", open=False):
-        form.add_rest("optimizer")
-        form.add_rest("training")
+        add_rest(form, "optimizer")
+        add_rest(form, "training")
 
 
 def wire(form: Form) -> None:
