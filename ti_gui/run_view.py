@@ -122,9 +122,11 @@ def resume_status(state: RunState, live: bool, another_running: bool) -> tuple[b
 
 
 def checkpoints_markdown(state: RunState) -> str:
-    if not state.checkpoints:
+    """The embeddings of the run that are still on disk (save_last_n_* prunes old copies)."""
+    kept = [saved for saved in state.checkpoints if Path(saved.path).is_file()]
+    if not kept:
         return "No embedding saved yet."
-    lines = [f"- step {saved.step}: `{saved.path}`" for saved in state.checkpoints[-20:]]
+    lines = [f"- step {saved.step}: `{saved.path}`" for saved in kept[-20:]]
     return "**Saved embeddings**\n\n" + "\n".join(lines)
 
 

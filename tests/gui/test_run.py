@@ -201,3 +201,22 @@ def test_the_insight_line_and_health_charts_read_the_run_folder(tmp_path):
     assert drifts["drift (text_encoder)"] == [(0, 0.0), (10, 0.1)]
     update, layout = charts.lines_update(norms, 20)
     assert update["value"]["step"].dtype == "float64" and layout[0] == 20
+
+
+def test_saved_embeddings_lists_only_files_still_on_disk(tmp_path):
+    from ti_core.run_folder.writer import RunFolder
+    from ti_gui import run_view
+    from ti_gui.supervisor import RunState
+
+    kept, pruned = (
+        tmp_path / "toy-step00000010.safetensors",
+        tmp_path / "toy-step00000005.safetensors",
+    )
+    kept.write_bytes(b"x")
+    with RunFolder(tmp_path) as run:
+        run.checkpoint(step=5, path=pruned, format="kohya")  # deleted later by save_last_n_steps
+        run.checkpoint(step=10, path=kept, format="kohya")
+    state = RunState(tmp_path)
+    state.refresh()
+    text = run_view.checkpoints_markdown(state)
+    assert kept.name in text and pruned.name not in text
