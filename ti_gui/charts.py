@@ -83,8 +83,11 @@ def loss_frame(losses: Points, lines: Mapping[str, Points] | None = None) -> pd.
     for step, raw, smoothed in _smoothed(losses):
         add(step, raw, "raw")
         add(step, smoothed, "smoothed")
+    finite = sum(1 for _, loss in losses if math.isfinite(_number(loss)))
     for name, points in (lines or {}).items():
-        for step, value in points:
+        # Drawn once the loss spans the y-axis: a lone validation point at step 0 would give a
+        # chart whose y range is one value (a single tick), and gradio keeps that first frame.
+        for step, value in points if finite >= 2 else ():
             add(step, _number(value), name)
     return pd.DataFrame(
         {

@@ -26,7 +26,10 @@ def test_generate_one_image_in_a_browser(gui_url, page, tmp_path):
     # Keep the images out of the project's runs/: the Run tab's runs folder decides where.
     page.get_by_role("tab", name="Run").click()
     page.get_by_text("Past runs").click()
-    page.get_by_label("Runs folder").fill(str(tmp_path))
+    runs_folder = page.get_by_label("Runs folder")
+    runs_folder.fill(str(tmp_path))
+    runs_folder.press("Enter")  # committed (a loaded machine could still send the old value)
+    page.wait_for_timeout(500)
 
     page.get_by_role("tab", name="Generate").click()
     fill(page, "generate-model", "demo:sd1")

@@ -220,3 +220,12 @@ def test_saved_embeddings_lists_only_files_still_on_disk(tmp_path):
     state.refresh()
     text = run_view.checkpoints_markdown(state)
     assert kept.name in text and pruned.name not in text
+
+
+def test_the_validation_line_waits_until_the_loss_spans_the_y_axis():
+    from ti_gui import charts
+
+    alone = charts.loss_frame([], {"validation": [(0, 1.1)]})
+    assert alone["loss"].notna().sum() == 0  # a lone point would make a one-tick y-axis
+    later = charts.loss_frame([(1, 1.0), (2, 1.2)], {"validation": [(0, 1.1)]})
+    assert later[later["line"] == "validation"]["loss"].notna().sum() == 1
