@@ -39,4 +39,6 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     test ever builds into (or reads from) the user's own cache."""
     cache = tmp_path_factory.mktemp("ti-cache")
     os.environ["TI_TRAINER_CACHE"] = str(cache)
+    # The GUIs under test save presets here, never into the user's ~/.config.
+    os.environ["TI_TRAINER_PRESETS"] = str(tmp_path_factory.mktemp("ti-presets"))
     return cache

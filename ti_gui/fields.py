@@ -238,8 +238,10 @@ def check_ready(config: Config) -> dict[str, str]:
             "no images to train on: set train_data_dir (a folder of N_name subfolders) or "
             "dataset_config (an sd-scripts dataset TOML)."
         )
+    # resume_from_huggingface: resume names a state on the Hub (the run's preflight checks it)
+    remote = {"resume"} if config.saving.resume_from_huggingface else set()
     for name, info in FIELDS.items():  # every path option the run reads (not ones it makes)
-        if info.path and not info.made_by_run and name not in problems:
+        if info.path and not info.made_by_run and name not in problems and name not in remote:
             value = getattr(getattr(config, info.section), name)
             _missing_path(problems, name, value, hub_id_allowed=info.hub_id)
     return problems

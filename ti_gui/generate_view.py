@@ -24,7 +24,8 @@ from ti_gui.tabs import token_tab
 
 @dataclass
 class RunDefaults:
-    """What the newest run under the runs folder trained: the tab starts from it."""
+    """What a run folder trained: the tab starts from the newest run's, a sample grid cell
+    from its own run's."""
 
     folder: str = ""
     model: str = ""
@@ -34,6 +35,7 @@ class RunDefaults:
     clip_skip: int = 1
     max_token_length: int = 75
     embedding: str = ""  # its final embedding file (or latest checkpoint)
+    token_string: str = ""  # the word its sample prompts use for the embedding
 
 
 # ---- what the tab starts with ---------------------------------------------------------------
@@ -44,7 +46,12 @@ def run_defaults(runs_root: str | Path, fallback_model: str = "") -> RunDefaults
     runs = list_runs(runs_root)
     if not runs:
         return RunDefaults(model=fallback_model)
-    folder = runs[0]
+    return folder_defaults(runs[0], fallback_model)
+
+
+def folder_defaults(folder: str | Path, fallback_model: str = "") -> RunDefaults:
+    """One run folder's model, token string (its config.toml) and final embedding (events)."""
+    folder = Path(folder)
     defaults = RunDefaults(folder=str(folder), model=fallback_model)
     try:
         config = tomllib.loads((folder / "config.toml").read_text(encoding="utf-8"))
@@ -58,6 +65,8 @@ def run_defaults(runs_root: str | Path, fallback_model: str = "") -> RunDefaults
     defaults.clip_skip = _whole(model.get("clip_skip"), 1)
     budget = _whole(model.get("max_token_length"), 75)
     defaults.max_token_length = budget if budget in TOKEN_BUDGETS else 75
+    token = config.get("token", {}) if isinstance(config.get("token"), dict) else {}
+    defaults.token_string = str(token.get("token_string") or "")
     defaults.embedding = final_embedding(folder)
     return defaults
 

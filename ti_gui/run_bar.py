@@ -3,6 +3,7 @@ phase, what keeps Train off, and the run's progress in the browser tab's title."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,16 @@ class RunBar:
     title: gr.HTML  # the browser tab's title, e.g. "[42%] Textual Inversion trainer"
     timer: gr.Timer
     seen: gr.State  # per page: what the bar drew last, so an unchanged run sends nothing
+
+
+@dataclass
+class TrainStart:
+    """Train's handler with its inputs and outputs, so another button (the Start tab's demo)
+    starts a run exactly as Train does."""
+
+    fn: Callable[[dict[Any, Any]], dict[Any, Any]]
+    inputs: set[Any]
+    outputs: list[Any]
 
 
 def build(title: str) -> RunBar:
@@ -94,7 +105,7 @@ def wire(
     runs_root: gr.Textbox,
     shown: gr.Dropdown,
     title: str,
-) -> None:
+) -> TrainStart:
     """Train writes the form's config and starts the run; Stop asks it to stop; a timer draws
     the run this GUI trains (or trained last, or adopted after a restart)."""
 
@@ -138,10 +149,10 @@ def wire(
             return f"**{error}**"
 
     private = {"api_visibility": "private"}
-    bar.train.click(
-        start, inputs=form.inputs() | {sample_prompts, runs_root},
-        outputs=[bar.message, shown, bar.form_status], **private,
-    )  # fmt: skip
+    train = TrainStart(
+        start, form.inputs() | {sample_prompts, runs_root}, [bar.message, shown, bar.form_status]
+    )
+    bar.train.click(train.fn, inputs=train.inputs, outputs=train.outputs, **private)
     bar.form_status.change(
         train_enabled, inputs=bar.form_status, outputs=bar.train, show_progress="hidden", **private
     )
@@ -150,3 +161,4 @@ def wire(
         draw_bar, inputs=bar.seen, outputs=[bar.status, bar.title, bar.seen],
         show_progress="hidden", **private,
     )  # fmt: skip
+    return train

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ti_core.atomic import write_text_atomic
-from ti_core.config.run_config import Config
+from ti_core.config.run_config import SECRET_OPTIONS, Config
 from ti_core.config.toml_io import config_to_toml, load_config
 from ti_core.errors import TiError
 from ti_core.run_folder.names import (
@@ -116,9 +116,12 @@ class Supervisor:
                     f"a run is already training in {self.folder}; stop it before starting another."
                 )
             config = copy.deepcopy(config)
-            # A wandb key typed in the form goes to the child's environment (wandb reads
-            # WANDB_API_KEY), never into the run folder's config.toml.
-            wandb_key, config.saving.wandb_api_key = config.saving.wandb_api_key, ""
+            # A wandb key or Hub token typed in the form goes to the child's environment
+            # (WANDB_API_KEY, HF_TOKEN: their libraries read them), never into config.toml.
+            secrets = {variable: getattr(config.saving, name)
+                       for name, variable in SECRET_OPTIONS.items()}  # fmt: skip
+            for name in SECRET_OPTIONS:
+                setattr(config.saving, name, "")
             folder = Path(config.saving.output_dir or "output").resolve()
             folder.mkdir(parents=True, exist_ok=True)
             config.saving.output_dir = str(folder)  # the saved config reproduces from anywhere
@@ -131,8 +134,7 @@ class Supervisor:
             state = RunState(folder, offset=_size(folder / EVENTS_FILE))  # earlier runs unread
             self._states[folder] = state
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            if wandb_key:
-                env["WANDB_API_KEY"] = wandb_key
+            env.update({variable: value for variable, value in secrets.items() if value})
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
             )

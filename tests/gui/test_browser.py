@@ -57,6 +57,7 @@ def assert_chart_is_readable(page) -> None:
 def test_train_and_stop_the_demo_from_the_run_bar(training_gui, page, tmp_path):
     page.set_viewport_size({"width": 1366, "height": 768})
     page.goto(training_gui)
+    page.get_by_role("tab", name="Config").click()  # Gradio builds a tab's contents on opening
     page.get_by_role("button", name="Load preset").click()
     page.get_by_text("Loaded into the form").wait_for()
     page.get_by_role("tab", name="Sampling & saving").click()
@@ -75,7 +76,11 @@ def test_train_and_stop_the_demo_from_the_run_bar(training_gui, page, tmp_path):
 
     wait_for_bar_step_above(page, 0)
     first = bar_step(page)
-    assert re.search(r"step \d+ / 200 \(\d+%\) · [\d.]+ it/s · ETA", page.inner_text("#run-bar"))
+    # it/s and ETA come once the run has timed a step (the first poll may see only the step)
+    page.wait_for_function(
+        "() => /step \\d+ \\/ 200 \\(\\d+%\\) · [\\d.]+ it\\/s · ETA/"
+        ".test(document.querySelector('#run-bar').innerText)"
+    )
     page.wait_for_function("() => /^\\[\\d+%\\] /.test(document.title)")  # seen from other tabs
     page.screenshot(path=str(screenshot_path("run-bar.png", tmp_path)))
 

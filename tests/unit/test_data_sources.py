@@ -250,15 +250,15 @@ train_batch_size = 2
 
 def test_unsupported_sd_scripts_keys_are_refused_unless_off(tmp_path: Path):
     base = "[[datasets]]\n[[datasets.subsets]]\nimage_dir = '/x'\n"
-    off = write_toml(tmp_path / "off.toml", base + "enable_wildcard = false\ncache_info = false\n")
+    off = write_toml(tmp_path / "off.toml", base + "network_multiplier = 1.0\n")
     assert len(load_dataset_config(off)) == 1  # "off" changes nothing: accepted
     on = write_toml(
-        tmp_path / "on.toml", base + "enable_wildcard = true\nface_crop_aug_range = [2.0, 4.0]\n"
+        tmp_path / "on.toml", base + "network_multiplier = 0.5\ncustom_attributes = {a = 1}\n"
     )
-    with pytest.raises(DatasetError, match="enable_wildcard = true: sd-scripts' enable_wildcard is "
-                       "not supported") as caught:  # fmt: skip
+    with pytest.raises(DatasetError, match="network_multiplier = 0.5: sd-scripts' "
+                       "network_multiplier is not supported") as caught:  # fmt: skip
         load_dataset_config(on)
-    assert "face_crop_aug_range = [2.0, 4.0]" in str(caught.value)
+    assert "custom_attributes" in str(caught.value)
 
 
 def test_toml_structure_errors(tmp_path: Path):

@@ -193,7 +193,7 @@ def run_training(config: Config, specs: list, entries: list) -> int:
 
     # The key logs in at start and is never written to the run folder's config.toml.
     api_key, config.saving.wandb_api_key = config.saving.wandb_api_key, ""
-    team = join_team()
+    team = join_team(config.training.ddp_timeout)
     if not team.is_main:  # the first process logs for the team; the others only complain
         logging.getLogger("ti_core").setLevel(logging.WARNING)
     with RunFolder(config.saving.output_dir, writer=team.is_main) as run:

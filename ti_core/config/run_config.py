@@ -12,9 +12,16 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ti_core.config.options import FILE, FILE_OR_FOLDER, FOLDER, FieldInfo, fields_by_name, opt
+from ti_core.config.runtime_options import (
+    DatasetClassOption,
+    DeepSpeedOptions,
+    DistributedOptions,
+    HubOptions,
+    SpeedOptions,
+)
 from ti_core.config.saving_options import ModelSpecOptions, RunLogOptions
 from ti_core.config.training_options import LossOptions, NoiseOptions
-from ti_core.data.spec import BucketOptions, CaptionOptions, ValidationOptions
+from ti_core.data.spec import BucketOptions, CaptionOptions, MaskOptions, ValidationOptions
 from ti_core.errors import ConfigError
 from ti_core.generation.sampler_names import SAMPLER_NAMES
 from ti_core.models.checkpoint_info import WEIGHT_FILE_SUFFIXES
@@ -62,6 +69,11 @@ class ModelConfig:
         "than RAM, e.g. Colab).",
     )
     no_half_vae: bool = opt(False, "Keep the VAE in float32 under mixed precision.")
+    tokenizer_cache_dir: str = opt(
+        "", "sd-scripts' tokenizer folder: a single-file model's tokenizer is read from it, or "
+        "saved there when missing (sd-scripts then trains offline with it too).",
+        path=FOLDER, made_by_run=True,
+    )  # fmt: skip
 
 
 @dataclass
@@ -81,14 +93,25 @@ class DatasetSources:
     in_json: str = opt(
         "", "Fine-tuning metadata JSON with captions.", path=FILE, suffixes=(".json",)
     )
+    conditioning_data_dir: str = opt(
+        "",
+        "Folder of loss masks for train_data_dir's (or in_json's) images, one per image with "
+        "its file name stem, flat or in subfolders named like the image folders: the red "
+        "channel (or grey) is each pixel's loss weight, black 0 to white 1. Needs masked_loss; "
+        "in a dataset TOML, set it per [[datasets.subsets]] instead.",
+        path=FOLDER,
+    )
 
 
 @dataclass
-class DatasetConfig(CaptionOptions, ValidationOptions, BucketOptions, DatasetSources):
+class DatasetConfig(
+    MaskOptions, CaptionOptions, ValidationOptions, BucketOptions, DatasetClassOption,
+    DatasetSources,
+):  # fmt: skip
     """[dataset]. A dataclass takes its bases' fields from the right, so the options come in
-    this order: DatasetSources; BucketOptions and CaptionOptions, the keys shared with a
-    dataset TOML (declared once, in data/spec.py, where the TOML reader reads them too); then
-    the run's own below. A dataset TOML's values win over the shared ones."""
+    this order: DatasetSources; BucketOptions, CaptionOptions and MaskOptions, the keys shared
+    with a dataset TOML (declared once, in data/spec.py, where the TOML reader reads them too);
+    then the run's own below. A dataset TOML's values win over the shared ones."""
 
     add_missing_token: bool = opt(
         False,
@@ -100,6 +123,14 @@ class DatasetConfig(CaptionOptions, ValidationOptions, BucketOptions, DatasetSou
     cache_latents_to_disk: bool = opt(False, "Keep the latent cache in files next to the images.")
     vae_batch_size: int = opt(1, "Images encoded at once while caching latents.", min=1)
     max_data_loader_n_workers: int = opt(0, "Worker processes loading images.", min=0)
+    persistent_data_loader_workers: bool = opt(False, "Keep the loader's worker processes "
+                                               "from one epoch to the next.")  # fmt: skip
+    skip_cache_check: bool = opt(False, "Trust latent cache files beside the images unchecked "
+                                 "(their image, bucket, VAE): stale ones train stale.")  # fmt: skip
+    dataset_repeats: int = opt(1, "Repeats of an in_json dataset's images; also the num_repeats "
+                               "of dataset TOML subsets that set none.", min=1)  # fmt: skip
+    caption_extention: str = opt("", "sd-scripts' old spelling of caption_extension: sets it "
+                                 "(both set, differing: an error).")  # fmt: skip
     use_object_template: bool = opt(
         False, "Ignore captions; use 'a photo of a {}' style templates."
     )
@@ -178,9 +209,11 @@ class TrainingSteps:
 
 
 @dataclass
-class TrainingConfig(LossOptions, NoiseOptions, TrainingSteps):
-    """[training]. A dataclass takes its bases' fields from the right: TrainingSteps first,
-    then the noise and loss options (config/training_options.py)."""
+class TrainingConfig(
+    DeepSpeedOptions, DistributedOptions, SpeedOptions, LossOptions, NoiseOptions, TrainingSteps
+):
+    """[training]. A dataclass takes its bases' fields from the right: TrainingSteps first, the
+    noise and loss options (training_options.py), then speed and devices (runtime_options.py)."""
 
 
 @dataclass
@@ -309,9 +342,9 @@ class SavingFiles:
 
 
 @dataclass
-class SavingConfig(RunLogOptions, ModelSpecOptions, SavingFiles):
-    """[saving]: the files (SavingFiles), then the model-spec metadata written into them and
-    the run's logs (config/saving_options.py)."""
+class SavingConfig(HubOptions, RunLogOptions, ModelSpecOptions, SavingFiles):
+    """[saving]: the files (SavingFiles), the model-spec metadata written into them and the
+    run's logs (saving_options.py), the Hub uploads (runtime_options.py)."""
 
 
 @dataclass
@@ -353,3 +386,7 @@ SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
 
 
 FIELDS: dict[str, FieldInfo] = fields_by_name(Config)
+
+# Options that hold a secret -> the environment variable their library reads it from: never
+# written to a run folder or shown in a command line; the GUI hands them to its child this way.
+SECRET_OPTIONS: dict[str, str] = {"wandb_api_key": "WANDB_API_KEY", "huggingface_token": "HF_TOKEN"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import shlex
 import tomllib
 from pathlib import Path
@@ -20,6 +21,7 @@ from ti_core.atomic import write_text_atomic
 from ti_core.config.run_config import (
     FIELDS,
     SCHEMA_VERSION,
+    SECRET_OPTIONS,
     SECTIONS,
     Config,
     ConfigError,
@@ -27,6 +29,8 @@ from ti_core.config.run_config import (
 )
 from ti_core.data.spec import parse_resolution
 from ti_core.errors import closest
+
+log = logging.getLogger(__name__)
 
 TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
 TYPE_WORDS[list] = "a list of strings"
@@ -72,11 +76,32 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>") -> Config:
         for key, value in data.items():
             if isinstance(value, dict):
                 for inner_key, inner_value in value.items():
-                    _set_checked(config, inner_key, inner_value, source, section=key)
-            else:
+                    if not _ignored_flat_key(inner_key, source):
+                        _set_checked(config, inner_key, inner_value, source, section=key)
+            elif not _ignored_flat_key(key, source):
                 _set_checked(config, key, value, source, section=None)
     check_combinations(config, source)
     return config
+
+
+# Keys a flat sd-scripts --config_file may hold that sd-scripts reads from nowhere (so a file
+# kohya_ss GUI wrote runs unchanged): the file's own path, and keys kohya_ss GUI writes for
+# itself. Each is named in the log once, so nothing is dropped unseen.
+IGNORED_FLAT_KEYS = {
+    "config_file": "the command line's --config_file names the file; inside it, it does nothing",
+    **dict.fromkeys(
+        ("epoch", "noise_offset_type", "no_token_padding", "stop_text_encoder_training",
+         "weigts"),
+        "kohya_ss GUI writes it for itself; sd-scripts does not read it",
+    ),
+}  # fmt: skip
+
+
+def _ignored_flat_key(key: str, source: str) -> bool:
+    if key not in IGNORED_FLAT_KEYS:
+        return False
+    log.warning("%s: %s is not an option, left out (%s).", source, key, IGNORED_FLAT_KEYS[key])
+    return True
 
 
 def check_combinations(config: Config, source: str = "<config>") -> None:
@@ -283,7 +308,7 @@ def config_to_command(config: Config) -> str:
     parts = ["python", "-m", "ti_core", "train"]
     for name, info in FIELDS.items():
         value = getattr(getattr(config, info.section), name)
-        if value == info.default:
+        if value == info.default or name in SECRET_OPTIONS:  # a line to copy must not leak it
             continue
         if info.type is bool:
             parts.append(f"--{name}" if value else f"--no-{name}")

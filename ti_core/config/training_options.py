@@ -122,3 +122,8 @@ class LossOptions:
         "Debiased estimation: weigh each timestep's loss by 1/sqrt(SNR) "
         "(1/(SNR+1) for v-prediction), so low-noise timesteps count less.",
     )
+    masked_loss: bool = opt(
+        False,
+        "Weigh each pixel's loss by a mask image from conditioning_data_dir (white = learned, "
+        "black = ignored). alpha_mask masks by transparency without this.",
+    )

@@ -6,7 +6,8 @@ colour-augmented and flipped as its subset says, or taken from the latent cache.
 A batch is a dict:
     pixels         float32 (B, 3, H, W) in [-1, 1]; or, drawn from a latent cache:
     latents        float32 (B, C, H/8, W/8), already multiplied by the VAE's scaling factor
-    captions       list[str], from the caller's make_caption(entry, epoch, rng)
+    captions       list[str], from the caller's make_caption(entry, epoch, rng), which also
+                   gets step= and max_train_steps= once count_steps was called
     paths          list[str]
     is_reg         bool (B,)
     loss_weights   float32 (B,): prior_loss_weight for regularization images, else 1.0
@@ -15,16 +16,20 @@ A batch is a dict:
     crop_top_left  int64 (B, 2): (top, left), the crop condition sd-scripts gives SDXL
     target_size    int64 (B, 2): (height, width) of the bucket
     bucket         (width, height)
+    loss_masks     float32 (B, H, W) in [0, 1], each pixel's loss weight; only when a subset
+                   has masks (alpha_mask, conditioning_data_dir), 1 for the images without
 The three size fields are in the order SDXL's add_time_ids wants; sdxl_time_ids() joins them.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from ti_core.data.buckets import (
@@ -34,7 +39,8 @@ from ti_core.data.buckets import (
     sdxl_crop_top_left,
 )
 from ti_core.data.images import image_size
-from ti_core.data.pixels import TrainImage, load_pixels
+from ti_core.data.pixels import TrainImage, load_pixels_and_mask
+from ti_core.data.sources import face_box
 from ti_core.data.spec import DatasetSpec, ImageEntry
 from ti_core.errors import DatasetError
 
@@ -43,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MakeCaption = Callable[[ImageEntry, int, random.Random], str]
+MakeCaption = Callable[..., str]  # (entry, epoch, rng[, step=, max_train_steps=]) -> caption
 
 
 def prepare_images(entries: Sequence[ImageEntry], spec: DatasetSpec) -> list[TrainImage]:
@@ -59,7 +65,10 @@ def prepare_images(entries: Sequence[ImageEntry], spec: DatasetSpec) -> list[Tra
             continue
         size = entry.size or image_size(entry.path)
         choice = rules.choose(size, source=str(entry.path))
-        images.append(TrainImage(entry, size, choice.bucket, choice.resized_size, repeats))
+        # sd-scripts crops around the face only without buckets (discover_images warns)
+        crops_face = entry.subset.face_crop_aug_range and not spec.enable_bucket
+        face = face_box(entry.path) if crops_face else None
+        images.append(TrainImage(entry, size, choice.bucket, choice.resized_size, repeats, face))
     return images
 
 
@@ -141,6 +150,7 @@ class EpochBatches(torch.utils.data.Dataset):
                 raise DatasetError(f"{spec.where or 'dataset'}: batch_size must be 1 or more.")
         self.epoch = 0
         self._plan: list[tuple[int, list[int]]] = []  # (dataset index, image indices) per batch
+        self._steps: tuple[int, int, int] | None = None  # see count_steps
         self.set_epoch(1)
         if not self._plan:
             raise DatasetError(
@@ -157,6 +167,20 @@ class EpochBatches(torch.utils.data.Dataset):
             self._plan += [(dataset_index, batch) for batch in batches]
         order.shuffle(self._plan)
 
+    def count_steps(self, accumulation: int, max_train_steps: int, team_size: int = 1) -> None:
+        """Let the captions know the optimizer step each batch trains at (token_warmup_step):
+        `accumulation` batches make a step, each of `team_size` processes takes every
+        team_size-th batch (as ShareOfBatches deals them), `max_train_steps` in all."""
+        self._steps = (max(1, accumulation), max(1, team_size), max_train_steps)
+
+    def step_of(self, index: int) -> int | None:
+        """The optimizer steps done before batch `index` of this epoch trains (None: unknown)."""
+        if self._steps is None:
+            return None
+        accumulation, team_size, _ = self._steps
+        steps_per_epoch = max(1, math.ceil(len(self) // team_size / accumulation))
+        return (self.epoch - 1) * steps_per_epoch + index // team_size // accumulation
+
     def __len__(self) -> int:
         return len(self._plan)
 
@@ -168,14 +192,15 @@ class EpochBatches(torch.utils.data.Dataset):
             raise IndexError(index)
         dataset_index, members = self._plan[index]
         images = self.datasets[dataset_index][1]
+        step = self.step_of(index)
+        when = {} if self._steps is None else {"step": step, "max_train_steps": self._steps[2]}
         items = []
         for slot, image_index in enumerate(members):
             key = f"{self.seed}/{self.epoch}/{index}/{slot}"
             image = images[image_index]
             item = self._load_item(image, random.Random(key + "/image"))
-            item["caption"] = self.make_caption(
-                image.entry, self.epoch, random.Random(key + "/caption")
-            )
+            caption_rng = random.Random(key + "/caption")
+            item["caption"] = self.make_caption(image.entry, self.epoch, caption_rng, **when)
             items.append(item)
         return self._collate(items, images[members[0]].bucket)
 
@@ -183,12 +208,15 @@ class EpochBatches(torch.utils.data.Dataset):
         subset = image.subset
         flipped = subset.flip_aug and rng.random() < 0.5  # drawn first, as in sd-scripts
         if self.latent_cache is not None:
-            latents, original_size, crop_ltrb = self.latent_cache.get(image, flipped)
+            latents, original_size, crop_ltrb, mask = self.latent_cache.get_with_mask(
+                image, flipped
+            )
             item: dict[str, Any] = {"latents": latents}
         else:
-            pixels, original_size = load_pixels(image, flipped, rng)
+            pixels, mask, original_size = load_pixels_and_mask(image, flipped, rng)
             crop_ltrb = sdxl_crop_ltrb(image.bucket, original_size)
             item = {"pixels": pixels}
+        item["loss_mask"] = mask
         weight = self.prior_loss_weight if subset.is_reg else 1.0
         item.update(
             path=str(image.path),
@@ -216,6 +244,10 @@ class EpochBatches(torch.utils.data.Dataset):
         for name in ("original_size", "crop_top_left", "target_size"):
             batch[name] = torch.tensor([item[name] for item in items], dtype=torch.long)
         batch["bucket"] = bucket
+        if any(item["loss_mask"] is not None for item in items):
+            full = np.full((bucket[1], bucket[0]), 255, dtype=np.uint8)
+            masks = [full if item["loss_mask"] is None else item["loss_mask"] for item in items]
+            batch["loss_masks"] = torch.from_numpy(np.stack(masks)).float() / 255.0
         return batch
 
 
@@ -248,6 +280,66 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
     )
+
+
+class BatchLoader:
+    """An epoch's batches from batch `first` on, as (index, batch): made in this process, or
+    read and resized ahead in `num_workers` others (max_data_loader_n_workers). `persistent`
+    (persistent_data_loader_workers) keeps the same worker processes for every epoch instead
+    of starting new ones each epoch. Either way a batch is the same as made here."""
+
+    def __init__(self, batches: Any, num_workers: int = 0, persistent: bool = False) -> None:
+        self.batches = batches
+        self._keys = _EpochKeys()
+        self.loader = None
+        if num_workers:
+            self.loader = torch.utils.data.DataLoader(
+                _ByEpoch(batches),
+                batch_size=None,  # the dataset already returns whole batches
+                sampler=self._keys,  # in its own seeded order
+                collate_fn=_as_made,
+                num_workers=num_workers,
+                persistent_workers=persistent,
+            )
+
+    def epoch(self, epoch: int, first: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Epoch `epoch`'s batches; call batches.set_epoch(epoch) first."""
+        indices = range(first, len(self.batches))
+        if self.loader is None:
+            return ((index, self.batches[index]) for index in indices)
+        self._keys.keys = [(epoch, index) for index in indices]
+        return zip(indices, self.loader, strict=True)
+
+
+class _EpochKeys(torch.utils.data.Sampler):
+    """The (epoch, batch index) keys the workers are asked for, in order."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, int]] = []
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(list(self.keys))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class _ByEpoch(torch.utils.data.Dataset):
+    """The batches by (epoch, index). A worker holds its own copy of the batches; one that
+    outlives its epoch (persistent workers) plans the next epoch itself, from the seed."""
+
+    def __init__(self, batches: Any) -> None:
+        self.batches, self.epoch = batches, None
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        if epoch != self.epoch:
+            self.batches.set_epoch(epoch)
+            self.epoch = epoch
+        return self.batches[index]
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def _as_made(batch: dict[str, Any]) -> dict[str, Any]:

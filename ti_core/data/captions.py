@@ -1,12 +1,15 @@
 """Captions as sd-scripts makes them for a training step: the original Textual Inversion
-templates, and a caption's prefix/suffix, dropout, shuffle and keep_tokens.
+templates, and a caption's prefix/suffix, dropout, wildcards, tag warm-up, shuffle and
+keep_tokens.
 
 Torch-free; every random choice comes from the `random.Random` passed in.
 """
 
 from __future__ import annotations
 
+import math
 import random
+import re
 from collections.abc import Mapping, Sequence
 
 from ti_core.data.spec import SubsetSpec
@@ -83,12 +86,16 @@ def process_caption(
     *,
     templates: Sequence[str] | None = None,
     replacements: Mapping[str, str] | None = None,
+    step: int | None = None,
+    max_train_steps: int = 0,
 ) -> str:
     """The caption one training step sees, made as sd-scripts' BaseDataset.process_caption does.
 
     `epoch` counts from 1, as sd-scripts' does (caption_dropout_every_n_epochs = N drops every
-    caption in epochs N, 2N, ...). With `templates` (use_object/style_template) a caption that is
-    not dropped is replaced by a random template; `replacements` then replace substrings
+    caption in epochs N, 2N, ...). `step`: the optimizer steps done before this one, for the tag
+    warm-up (token_warmup_step; a share of `max_train_steps` when below 1); None (validation)
+    is past any warm-up. With `templates` (use_object/style_template) a caption that is not
+    dropped is replaced by a random template; `replacements` then replace substrings
     (sd-scripts' "tok" -> "tok tok1 tok2" for several vectors)."""
     if subset.caption_prefix:
         caption = subset.caption_prefix + " " + caption
@@ -101,9 +108,18 @@ def process_caption(
     if dropped or every > 0 and epoch % every == 0:
         return ""
 
-    caption = caption.split("\n")[0]  # without wildcards sd-scripts uses the first line
-    if subset.shuffle_caption or subset.caption_tag_dropout_rate > 0:
-        caption = _shuffle_and_drop_tags(caption, subset, rng)
+    # Without wildcards sd-scripts uses the first line of a caption of several.
+    first_line = caption.split("\n")[0]
+    caption = pick_wildcards(caption, rng) if subset.enable_wildcard else first_line
+    if (
+        subset.shuffle_caption
+        or subset.token_warmup_step > 0
+        or subset.caption_tag_dropout_rate > 0
+    ):
+        warmup = warmup_steps(subset, max_train_steps)
+        caption = _shuffle_and_drop_tags(caption, subset, rng, step, warmup)
+    if subset.secondary_separator:
+        caption = caption.replace(subset.secondary_separator, subset.caption_separator)
 
     if templates:
         caption = rng.choice(list(templates))
@@ -112,7 +128,29 @@ def process_caption(
     return caption
 
 
-def _shuffle_and_drop_tags(caption: str, subset: SubsetSpec, rng: random.Random) -> str:
+def pick_wildcards(caption: str, rng: random.Random) -> str:
+    """sd-scripts' enable_wildcard: one line of a caption of several, then each {a|b|c} replaced
+    by one of its options; {{ and }} stand for literal braces."""
+    if "\n" in caption:
+        caption = rng.choice(caption.split("\n"))
+    opening, closing = "\u2985", "\u2986"  # brackets no caption uses, longer until unused
+    while opening in caption or closing in caption:
+        opening, closing = opening + "\u2985", closing + "\u2986"
+    caption = caption.replace("{{", opening).replace("}}", closing)
+    caption = re.sub(r"\{([^}]+)\}", lambda match: rng.choice(match.group(1).split("|")), caption)
+    return caption.replace(opening, "{").replace(closing, "}")
+
+
+def warmup_steps(subset: SubsetSpec, max_train_steps: int) -> int:
+    """The step at which the tag warm-up ends (0: no warm-up): token_warmup_step, or below 1
+    that share of max_train_steps, rounded down, as sd-scripts counts it."""
+    warmup = subset.token_warmup_step
+    return math.floor(warmup * max_train_steps) if warmup < 1 else int(warmup)
+
+
+def _shuffle_and_drop_tags(
+    caption: str, subset: SubsetSpec, rng: random.Random, step: int | None, warmup: int
+) -> str:
     separator = subset.caption_separator
     fixed, flex, fixed_suffix = [], [], []
     keep_separator = subset.keep_tokens_separator
@@ -129,6 +167,9 @@ def _shuffle_and_drop_tags(caption: str, subset: SubsetSpec, rng: random.Random)
         tags = [tag.strip() for tag in caption.strip().split(separator)]
         fixed, flex = tags[: subset.keep_tokens], tags[subset.keep_tokens :]
 
+    if step is not None and warmup and step < warmup:  # the first tags only, more each step
+        minimum = subset.token_warmup_min
+        flex = flex[: math.floor(step * (len(flex) - minimum) / warmup) + minimum]
     if subset.shuffle_caption:
         rng.shuffle(flex)
     if subset.caption_tag_dropout_rate > 0:

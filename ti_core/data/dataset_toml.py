@@ -22,8 +22,10 @@ from ti_core.data.spec import (
     BucketOptions,
     CaptionOptions,
     DatasetSpec,
+    MaskOptions,
     SubsetSpec,
     ValidationOptions,
+    parse_face_crop_range,
     parse_resolution,
 )
 from ti_core.errors import ConfigError, DatasetError, closest
@@ -41,18 +43,13 @@ DATASET_KEYS = set(KEYS) - SUBSET_KEYS
 # The keys the run config shares, by their run option name: they fill what a file leaves out.
 RUN_KEYS = [
     f.name
-    for options in (BucketOptions, ValidationOptions, CaptionOptions)
+    for options in (BucketOptions, ValidationOptions, CaptionOptions, MaskOptions)
     for f in dataclasses.fields(options)
 ]
-DREAMBOOTH_ONLY_KEYS = {"caption_extension", "class_tokens", "is_reg"}
+DREAMBOOTH_ONLY_KEYS = {"caption_extension", "class_tokens", "is_reg", "cache_info"}
 # fmt: off
 # sd-scripts keys we do not implement, with the value that means "off" (None: none does).
-UNSUPPORTED_KEYS: dict[str, Any] = {
-    "face_crop_aug_range": None, "token_warmup_min": 1, "token_warmup_step": 0,
-    "secondary_separator": None, "enable_wildcard": False, "alpha_mask": False,
-    "cache_info": False, "network_multiplier": 1.0, "conditioning_data_dir": None,
-    "custom_attributes": None, "resize_interpolation": None,
-}
+UNSUPPORTED_KEYS: dict[str, Any] = {"network_multiplier": 1.0, "custom_attributes": None}
 # fmt: on
 ARGUMENT_NAMES = {"train_batch_size": "batch_size", "dataset_repeats": "num_repeats"}
 
@@ -65,13 +62,34 @@ def _show(value: Any) -> str:
 
 
 def run_values(run: DatasetConfig) -> dict[str, Any]:
-    """The run's values of the keys it shares with a dataset TOML, under their
-    dataset TOML names (train_batch_size is batch_size); resolution stays text."""
-    return {**{name: getattr(run, name) for name in RUN_KEYS}, "batch_size": run.train_batch_size}
+    """The run's values of the keys it shares with a dataset TOML, under their dataset TOML
+    names (train_batch_size is batch_size; dataset_repeats is num_repeats, which sd-scripts
+    fills a subset's num_repeats with too); resolution stays text. caption_extention, sd-scripts'
+    old spelling, sets caption_extension."""
+    values = {name: getattr(run, name) for name in RUN_KEYS}
+    values["caption_extension"] = _caption_extension(run)
+    return {**values, "batch_size": run.train_batch_size, "num_repeats": run.dataset_repeats}
+
+
+def _caption_extension(run: DatasetConfig) -> str:
+    legacy, current = run.caption_extention, run.caption_extension
+    if not legacy:
+        return current
+    dotted = [ext if ext.startswith(".") else "." + ext for ext in (legacy, current)]
+    if current != KEYS["caption_extension"].default and dotted[0] != dotted[1]:
+        raise ConfigError(
+            f"[dataset] caption_extention = {_show(legacy)} and caption_extension = "
+            f"{_show(current)} disagree: caption_extention is sd-scripts' old spelling of "
+            "caption_extension; keep only caption_extension."
+        )
+    return legacy
 
 
 def _check_value(key: str, value: Any, where: str) -> Any:
     """The value as its key's type; a ConfigError names the table, key and value."""
+    if key == "face_crop_aug_range":  # a file says [2.0, 4.0]; "2.0,4.0" is the run's form
+        parsed = parse_face_crop_range(value, f"{where}: {key}")
+        return "" if parsed is None else f"{parsed[0]:g},{parsed[1]:g}"
     if key != "resolution":
         return check_value(KEYS[key], value, f"{where}: {key}")
     if isinstance(value, str):  # a file says 512 or [512, 768]; "512" is the run config's form

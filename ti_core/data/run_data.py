@@ -5,6 +5,7 @@ any model work), the caption each step sees, and the batches. --debug_dataset li
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,30 +19,20 @@ from ti_core.data.captions import (
     process_caption,
     template_captions,
 )
-from ti_core.data.dataset_toml import load_dataset_config, run_values
 from ti_core.data.doctor import DatasetReport, check_datasets
-from ti_core.data.sources import datasets_from_args
-from ti_core.data.spec import DatasetSpec, ImageEntry
+from ti_core.data.sources import run_datasets
+from ti_core.data.spec import DatasetSpec, ImageEntry, Problem
 from ti_core.embeddings.specs import embedding_specs
 from ti_core.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-MakeCaption = Callable[[ImageEntry, int, random.Random], str]
+MakeCaption = Callable[..., str]  # (entry, epoch, rng, step=None, max_train_steps=0) -> caption
 
 
 def dataset_specs(config: Config) -> list[DatasetSpec]:
-    """The datasets a run trains on: the dataset TOML, else train_data_dir / in_json folders.
-    Run options fill what a dataset TOML leaves unset, as in sd-scripts."""
-    data = config.dataset
-    if data.dataset_config:
-        return load_dataset_config(data.dataset_config, defaults=run_values(data))
-    if not data.train_data_dir and not data.in_json:
-        raise DatasetError(
-            "No images to train on: set dataset_config (an sd-scripts dataset TOML) or "
-            "train_data_dir (a folder of N_name subfolders)."
-        )
-    return datasets_from_args(data, train_data_dir=resolve_demo_dataset(data.train_data_dir))
+    """The datasets a run trains on (sources.run_datasets), the demo's built on first use."""
+    return run_datasets(config.dataset, resolve_demo_dataset)
 
 
 def resolve_demo_dataset(train_data_dir: str) -> str:
@@ -54,9 +45,17 @@ def resolve_demo_dataset(train_data_dir: str) -> str:
 
 
 def check_data(config: Config, family: str = "sd1") -> tuple[list[DatasetSpec], DatasetReport]:
-    """Run the dataset doctor over the run's datasets (reads every image once)."""
+    """Run the dataset doctor over the run's datasets (reads every image once, unless every
+    subset has cache_info: then, as in sd-scripts, the folders are trusted unopened)."""
+    if config.dataset.dataset_class:  # the user's class makes the batches: no folders to read
+        return [], dataset_class_report(config)
     specs = dataset_specs(config)
     rules = {id(spec): BucketRules(spec) for spec in specs}
+    trusted = all(subset.cache_info and not subset.metadata_file
+                  for spec in specs for subset in spec.subsets)  # fmt: skip
+    if trusted:
+        log.info("cache_info: image sizes from each folder's metadata_cache.json; the images "
+                 "are not opened before training")  # fmt: skip
     report = check_datasets(
         specs,
         [embedding.token_string for embedding in embedding_specs(config)],
@@ -64,8 +63,24 @@ def check_data(config: Config, family: str = "sd1") -> tuple[list[DatasetSpec], 
         bucket_of=lambda size, spec: rules[id(spec)].choose(size).bucket,
         reso_steps_multiple=32 if family == "sdxl" else 64,
         add_missing_token=config.dataset.add_missing_token,
+        read_images=not trusted,
     )
     return specs, report
+
+
+def dataset_class_report(config: Config) -> DatasetReport:
+    """The doctor's report for a dataset_class run: nothing it can read, said as a warning.
+    (The class is imported by the training preflight, never here: the GUI reads reports.)"""
+    ignored = [name for name in ("dataset_config", "train_data_dir", "reg_data_dir", "in_json")
+               if getattr(config.dataset, name)]  # fmt: skip
+    also = f"; {', '.join(ignored)} not used" if ignored else ""
+    problem = Problem(
+        "warning", "dataset_class", f"the images come from dataset_class "
+        f"{config.dataset.dataset_class}{also}; the dataset doctor cannot check them",
+        where="[dataset]",
+    )  # fmt: skip
+    tokens = [embedding.token_string for embedding in embedding_specs(config)]
+    return DatasetReport(tokens, uses_templates(config), [], [], [problem])
 
 
 def require_clean(report: DatasetReport) -> None:
@@ -83,17 +98,27 @@ def uses_templates(config: Config) -> bool:
 
 def caption_maker(config: Config, expand: Callable[[str], str]) -> MakeCaption:
     """The caption a step trains on: sd-scripts' caption processing (prefix/suffix, dropout,
-    shuffle, templates), the token put in front when asked, then the token string expanded to
-    its N vectors' words (`expand`). Templates, and the token put in front of a caption that
-    has none of the run's tokens, use the first embedding's token string."""
+    wildcards, tag warm-up at `step` of `max_train_steps`, shuffle, templates), the token put
+    in front when asked, then the token string expanded to its N vectors' words (`expand`).
+    Templates, and the token put in front of a caption that has none of the run's tokens, use
+    the first embedding's token string."""
     tokens = [embedding.token_string for embedding in embedding_specs(config)]
     token_string = tokens[0]
     templates = None
     if uses_templates(config):
         templates = template_captions(token_string, style=config.dataset.use_style_template)
 
-    def make_caption(entry: ImageEntry, epoch: int, rng: random.Random) -> str:
-        caption = process_caption(entry.caption, entry.subset, epoch, rng, templates=templates)
+    def make_caption(
+        entry: ImageEntry,
+        epoch: int,
+        rng: random.Random,
+        step: int | None = None,
+        max_train_steps: int = 0,
+    ) -> str:
+        caption = process_caption(
+            entry.caption, entry.subset, epoch, rng, templates=templates,
+            step=step, max_train_steps=max_train_steps,
+        )  # fmt: skip
         lacks_token = caption and not any(caption_has_token(caption, t) for t in tokens)
         if lacks_token and config.dataset.add_missing_token and not entry.subset.is_reg:
             separator = entry.subset.caption_separator.strip() + " "
@@ -147,8 +172,19 @@ def debug_dataset(
     from ti_core.data.batches import EpochBatches
     from ti_core.embeddings.tokens import tokenize_captions
 
+    if config.dataset.dataset_class:
+        raise DatasetError(
+            f"debug_dataset shows the batches of image folders; dataset_class "
+            f"{config.dataset.dataset_class} makes its own (sd-scripts passes debug_dataset to "
+            "the class: it may show them itself). Remove debug_dataset to train."
+        )
     datasets = train_images(specs, entries)
     batches = EpochBatches(datasets, caption_maker(config, expand), seed=config.training.seed)
+    # the first batches' captions as the first steps see them (token_warmup_step)
+    accumulation = config.training.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(batches) / accumulation)
+    max_steps = config.training.max_train_epochs * steps_per_epoch
+    batches.count_steps(accumulation, max_steps or config.training.max_train_steps)
     lines, truncated = [], 0
     for index in range(min(max_batches, len(batches))):
         batch = batches[index]

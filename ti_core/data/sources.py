@@ -8,13 +8,29 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ti_core.config.run_config import DatasetConfig
-from ti_core.data.dataset_toml import DATASET_KEYS, SUBSET_KEYS, run_values, subset_spec
+from ti_core.data.dataset_toml import (
+    DATASET_KEYS,
+    SUBSET_KEYS,
+    load_dataset_config,
+    run_values,
+    subset_spec,
+)
 from ti_core.data.images import IMAGE_EXTENSIONS
-from ti_core.data.spec import DatasetSpec, ImageEntry, Problem, SubsetSpec, parse_resolution
+from ti_core.data.info_cache import INFO_CACHE_FILE, use_info_cache
+from ti_core.data.masks import attach_masks, mask_folder_for
+from ti_core.data.spec import (
+    DatasetSpec,
+    ImageEntry,
+    Problem,
+    SubsetSpec,
+    parse_face_crop_range,
+    parse_resolution,
+)
 from ti_core.errors import DatasetError
 
 OTHER_CAPTION_EXTENSIONS = (".txt", ".caption", ".tags")  # looked for when none are found
@@ -29,9 +45,22 @@ def parse_folder_name(name: str) -> tuple[int, str] | None:
         return None
 
 
-def datasets_from_args(
-    run: DatasetConfig | None = None, /, dataset_repeats: int = 1, **options: Any
-) -> list[DatasetSpec]:
+def run_datasets(data: DatasetConfig, demo_folder: Callable[[str], str]) -> list[DatasetSpec]:
+    """The datasets a run trains on: the dataset TOML, else train_data_dir / in_json folders;
+    run options fill what a dataset TOML leaves unset, as in sd-scripts. `demo_folder` turns
+    demo:FAMILY into the demo dataset's folder (the engine builds it; the GUI, which never
+    loads torch, asks a child process)."""
+    if data.dataset_config:
+        return load_dataset_config(data.dataset_config, defaults=run_values(data))
+    if not data.train_data_dir and not data.in_json:
+        raise DatasetError(
+            "No images to train on: set dataset_config (an sd-scripts dataset TOML) or "
+            "train_data_dir (a folder of N_name subfolders)."
+        )
+    return datasets_from_args(data, train_data_dir=demo_folder(data.train_data_dir))
+
+
+def datasets_from_args(run: DatasetConfig | None = None, /, **options: Any) -> list[DatasetSpec]:
     """The one dataset sd-scripts builds without a dataset TOML: a subset per `N_name` folder
     of train_data_dir (and of reg_data_dir, is_reg=True), or with in_json one fine-tuning subset
     (metadata in_json, images in train_data_dir, dataset_repeats repeats). Folder problems
@@ -44,17 +73,21 @@ def datasets_from_args(
         raise DatasetError("no dataset: set dataset_config, train_data_dir or in_json")
     values = run_values(run)
     values["resolution"] = parse_resolution(values["resolution"])
+    parse_face_crop_range(run.face_crop_aug_range, "[dataset] face_crop_aug_range")
     dataset = DatasetSpec(**{key: values[key] for key in DATASET_KEYS})
     common = {key: values[key] for key in SUBSET_KEYS & set(values)}
     if run.in_json:
         dataset.where = f"in_json {run.in_json}"
-        values = {**common, "image_dir": run.train_data_dir, "metadata_file": run.in_json}
-        dataset.subsets = [subset_spec({**values, "num_repeats": dataset_repeats}, "in_json")]
+        values = {**common, "image_dir": run.train_data_dir, "metadata_file": run.in_json,
+                  "conditioning_data_dir": run.conditioning_data_dir}  # fmt: skip
+        dataset.subsets = [subset_spec({**values, "num_repeats": run.dataset_repeats}, "in_json")]
         if run.reg_data_dir:
             dataset.problems.append(_problem("reg_ignored", run.reg_data_dir, "reg_data_dir"))
         return [dataset]
     dataset.where = f"train_data_dir {run.train_data_dir}"
     dataset.subsets = _folder_subsets(run.train_data_dir, False, common, dataset.problems)
+    for subset in dataset.subsets if run.conditioning_data_dir else []:  # not reg_data_dir's
+        subset.conditioning_data_dir = mask_folder_for(run.conditioning_data_dir, subset.image_dir)
     if run.reg_data_dir:
         dataset.subsets += _folder_subsets(run.reg_data_dir, True, common, dataset.problems)
     return [dataset]
@@ -86,9 +119,21 @@ PROBLEMS: dict[str, tuple[str, str, str]] = {
                            "write the caption in it, or delete it to use the class tokens"),
     "not_utf8": ("error", "caption file is not UTF-8", "save it with UTF-8 encoding"),
     "multiline_caption": ("warning", "caption file has several lines; only the first is used",
-                          "put the whole caption on the first line"),
+                          "put the whole caption on the first line, or set enable_wildcard "
+                          "to train on one line of them, picked each step"),
     "caption_extension": ("warning", "no {ext} caption files, but {count} {other} files next "
                           "to the images", 'set caption_extension = "{other}" to use them'),
+    "face_crop_with_buckets": ("warning", "face_crop_aug_range does nothing with enable_bucket: "
+                               "sd-scripts crops around faces only without buckets",
+                               "turn enable_bucket off, or remove face_crop_aug_range"),
+    "no_face_position": ("warning", "face_crop_aug_range: {count} images have no face position in "
+                         "their name and train without the face crop",
+                         "name them NAME_cx_cy_w_h.png (the face's centre and size in pixels), "
+                         "as sd-scripts' tools/detect_face_rotate.py does"),
+    "cache_info_ignored": ("warning", "cache_info is for image folders: it does nothing for "
+                           "a metadata file (which holds the captions already)", ""),
+    "info_cache_unwritable": ("warning", "cannot write cache_info's " + INFO_CACHE_FILE,
+                              "make the folder writable, or turn cache_info off"),
     "bad_metadata": ("error", "{what}",
                      'the file holds {{"image_key": {{"caption": "...", "tags": "..."}}}}; '
                      "image_key is a path, or a file name without extension in image_dir"),
@@ -158,7 +203,10 @@ def discover_images(dataset: DatasetSpec) -> tuple[list[ImageEntry], list[Proble
             continue
         seen.add(source)
         read = _finetune_images if subset.metadata_file else _dreambooth_images
-        entries += read(subset, problems)
+        found = read(subset, problems)
+        problems += _face_crop_problems(dataset, subset, found)
+        entries += found
+    attach_masks(entries, problems)
     if not any(not entry.subset.is_reg for entry in entries):
         extra = " (only regularization images)" if entries else ""
         problems.append(_problem("no_images", "", dataset.where, extra=extra))
@@ -185,7 +233,36 @@ def _dreambooth_images(subset: SubsetSpec, problems: list[Problem]) -> list[Imag
             entries.append(ImageEntry(path, subset.class_tokens, source, subset))
     if all(entry.caption_source != "file" for entry in entries):
         _note_other_caption_files(paths, subset, problems)
+    if subset.cache_info:
+        cache = folder / INFO_CACHE_FILE
+        unwritable = use_info_cache(cache, entries)
+        if unwritable:
+            problems.append(_problem("info_cache_unwritable", cache, subset.where, unwritable))
     return entries
+
+
+def face_box(image: str | Path) -> tuple[int, int, int, int] | None:
+    """The face position sd-scripts reads from a file name, NAME_cx_cy_w_h.png: the face's
+    centre and size in pixels (its tools/detect_face_rotate.py names crops so); None without."""
+    parts = Path(image).stem.split("_")
+    try:
+        centre_x, centre_y, width, height = (int(part) for part in parts[-4:])
+    except ValueError:
+        return None
+    found = len(parts) >= 5 and centre_x > 0 and max(width, height) > 0
+    return (centre_x, centre_y, width, height) if found else None
+
+
+def _face_crop_problems(
+    dataset: DatasetSpec, subset: SubsetSpec, entries: list[ImageEntry]
+) -> list[Problem]:
+    """face_crop_aug_range that cannot act: with buckets, or on images named without a face."""
+    if not subset.face_crop_aug_range or not entries:
+        return []
+    if dataset.enable_bucket:
+        return [_problem("face_crop_with_buckets", "", subset.where)]
+    count = sum(1 for entry in entries if face_box(entry.path) is None)
+    return [_problem("no_face_position", "", subset.where, count=count)] if count else []
 
 
 def _caption_candidates(image: Path, extension: str) -> list[Path]:
@@ -198,7 +275,9 @@ def _caption_candidates(image: Path, extension: str) -> list[Path]:
 
 
 def read_caption(image: Path, subset: SubsetSpec, problems: list[Problem]) -> str | None:
-    """The caption file's first line, stripped (sd-scripts reads no other); None without a file."""
+    """The caption file's first line, stripped (sd-scripts reads no other); with
+    enable_wildcard every line that is not empty, each stripped, joined by newlines (a step
+    picks one). None without a file."""
     for caption_path in _caption_candidates(image, subset.caption_extension):
         if not caption_path.is_file():
             continue
@@ -213,6 +292,8 @@ def read_caption(image: Path, subset: SubsetSpec, problems: list[Problem]) -> st
             problems.append(_problem("not_utf8", caption_path, subset.where, detail))
             text = data.decode("utf-8", errors="replace")
         lines = text.splitlines()
+        if subset.enable_wildcard:
+            return "\n".join(line.strip() for line in lines if line.strip())
         if sum(1 for line in lines if line.strip()) > 1:
             problems.append(_problem("multiline_caption", caption_path, subset.where))
         return lines[0].strip() if lines else ""
@@ -236,6 +317,8 @@ def _finetune_images(subset: SubsetSpec, problems: list[Problem]) -> list[ImageE
     if not path.is_file():
         problems.append(_problem("missing_folder", path, where, what="metadata file"))
         return []
+    if subset.cache_info:
+        problems.append(_problem("cache_info_ignored", path, where))
     try:
         metadata = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -258,8 +341,14 @@ def _finetune_images(subset: SubsetSpec, problems: list[Problem]) -> list[ImageE
             continue
         if caption is None:  # sd-scripts: tags alone are the caption
             caption, tags = tags, None
-        if caption is not None and tags:
-            caption = caption + subset.caption_separator + tags
+        separator = subset.caption_separator
+        if subset.enable_wildcard and caption is not None and tags:
+            # every line of the caption (a step picks one) gets the tags, kept on one line
+            tags = tags.replace("\n", separator)
+            lines = [line for line in caption.split("\n") if line.strip()]
+            caption = "\n".join(f"{line}{separator}{tags}" for line in lines)
+        elif caption is not None and tags:
+            caption = caption + separator + tags
         entries.append(ImageEntry(image, caption or "", "metadata", subset))
     return entries
 

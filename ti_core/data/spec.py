@@ -3,8 +3,9 @@ folders, fine-tune metadata): plain data shared by discovery, checks, buckets an
 
 Every key a dataset TOML may set is declared here, once, with `opt()` (type, default, limits,
 help, and the `levels` it may appear at). The keys that are run options too ([dataset] in the
-run config, --flags, GUI widgets) are those of CaptionOptions and BucketOptions, which the run
-config's DatasetConfig inherits. No torch here: the GUI's dataset doctor uses these too.
+run config, --flags, GUI widgets) are those of CaptionOptions, MaskOptions and BucketOptions,
+which the run config's DatasetConfig inherits. No torch here: the GUI's dataset doctor uses
+these too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ GENERAL, DATASET, SUBSET = "general", "dataset", "subset"  # the tables of a dat
 ANY_LEVEL = (GENERAL, DATASET, SUBSET)
 DATASET_LEVEL = (GENERAL, DATASET)  # shared by the subsets of one [[datasets]]
 MIN_RESOLUTION = 64  # pixels a side: an 8x8 latent, which the UNet's 3 down-samplings take to 1x1
+# sd-scripts' resize_interpolation names ("" = its default: area when shrinking, else lanczos)
+RESIZE_INTERPOLATIONS = ("", "lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic",
+                         "area", "box")  # fmt: skip
 
 
 def parse_resolution(
@@ -47,6 +51,29 @@ def parse_resolution(
     if min(width, height) < MIN_RESOLUTION:
         raise ConfigError(f"{where} = {shown}: expected at least {MIN_RESOLUTION} pixels per side.")
     return width, height
+
+
+def parse_face_crop_range(
+    value: str | Sequence[float], where: str = "face_crop_aug_range"
+) -> tuple[float, float] | None:
+    """face_crop_aug_range as (low, high): the run config's text "2.0,4.0" or a dataset TOML's
+    [2.0, 4.0]; "" (off) is None. sd-scripts asks 0 < low <= high."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    parts = value.split(",") if isinstance(value, str) else value
+    numbers = []
+    for part in parts if isinstance(parts, (list, tuple)) and len(parts) == 2 else []:
+        try:
+            numbers.append(float("nan") if isinstance(part, bool) else float(part))
+        except (TypeError, ValueError):
+            numbers.append(float("nan"))
+    if len(numbers) != 2 or not 0 < numbers[0] <= numbers[1]:  # also false for nan
+        shown = json.dumps(value) if isinstance(value, (str, list, tuple)) else repr(value)
+        raise ConfigError(
+            f"{where} = {shown}: expected two numbers LOW,HIGH with 0 < LOW <= HIGH, e.g. "
+            '"2.0,4.0" (in a dataset TOML: [2.0, 4.0]).'
+        )
+    return numbers[0], numbers[1]
 
 
 @dataclass
@@ -105,8 +132,9 @@ class ValidationOptions:
 
 @dataclass
 class CaptionOptions:
-    """The [[datasets.subsets]] keys that are run options too: captions and augmentation.
-    Like sd-scripts, a dataset TOML may also set them in [[datasets]] or [general]."""
+    """The [[datasets.subsets]] keys that are run options too: captions, augmentation and how
+    images are read. Like sd-scripts, a dataset TOML may also set them in [[datasets]] or
+    [general]."""
 
     caption_extension: str = opt(
         ".caption", "Extension of caption files next to images.", levels=ANY_LEVEL
@@ -139,10 +167,54 @@ class CaptionOptions:
     )
     caption_prefix: str = opt("", "Text put before every caption.", levels=ANY_LEVEL)
     caption_suffix: str = opt("", "Text put after every caption.", levels=ANY_LEVEL)
+    secondary_separator: str = opt(
+        "", "A separator that shuffling does not split at; it becomes caption_separator after "
+        'shuffling (e.g. ";;;").', levels=ANY_LEVEL,
+    )  # fmt: skip
+    enable_wildcard: bool = opt(
+        False, "Captions may say {a|b|c}: each step picks one; a caption file of several lines "
+        "gives one line, picked each step.", levels=ANY_LEVEL,
+    )  # fmt: skip
+    token_warmup_min: int = opt(
+        1, "Caption tag warm-up: how many tags (after the kept ones) train at step 0.", min=0,
+        levels=ANY_LEVEL,
+    )  # fmt: skip
+    token_warmup_step: float = opt(
+        0.0, "Caption tag warm-up: the step from which every tag trains, more tags each step "
+        "until then; below 1, a share of all steps (0 = no warm-up).", min=0.0,
+        levels=ANY_LEVEL,
+    )  # fmt: skip
+    face_crop_aug_range: str = opt(
+        "", 'Face crop augmentation "LOW,HIGH", e.g. "2.0,4.0": an image named '
+        "NAME_cx_cy_w_h (its face's centre and size, as sd-scripts' detect_face_rotate.py "
+        "names them) is shrunk at random so the face is 1/HIGH to 1/LOW of the training "
+        "size, then cropped around the face. Only without enable_bucket. In a dataset TOML: "
+        "[2.0, 4.0].", levels=ANY_LEVEL,
+    )  # fmt: skip
+    resize_interpolation: str = opt(
+        "", "Resize filter (empty: area average when shrinking, else lanczos).",
+        choices=RESIZE_INTERPOLATIONS, levels=ANY_LEVEL,
+    )  # fmt: skip
+    cache_info: bool = opt(
+        False, "Keep each folder's image sizes and captions in metadata_cache.json and trust "
+        "them on later runs: the images are not opened before training.", levels=ANY_LEVEL,
+    )  # fmt: skip
 
 
 @dataclass
-class SubsetSpec(CaptionOptions):
+class MaskOptions:
+    """The [[datasets.subsets]] keys about loss masks that are run options too."""
+
+    alpha_mask: bool = opt(
+        False,
+        "Weigh the loss of each pixel by the image's transparency (alpha 0 = not learned, "
+        "255 = fully); images without alpha weigh 1 everywhere.",
+        levels=ANY_LEVEL,
+    )
+
+
+@dataclass
+class SubsetSpec(MaskOptions, CaptionOptions):
     """One [[datasets.subsets]] entry (or one N_name folder), after general -> dataset ->
     subset inheritance. Field names and defaults are sd-scripts'."""
 
@@ -163,6 +235,14 @@ class SubsetSpec(CaptionOptions):
         levels=(SUBSET,),
     )
     class_tokens: str = opt("", "Caption of images without a caption file.", levels=ANY_LEVEL)
+    conditioning_data_dir: str = opt(
+        "",
+        "Folder of loss masks, one per image with the image's file name stem (any image "
+        "type): the red channel (or grey) is each pixel's loss weight, black 0 to white 1. "
+        "Needs masked_loss.",
+        path=FOLDER,
+        levels=(SUBSET,),
+    )
     where: str = ""  # for messages: "dataset.toml: datasets[0].subsets[1]" or "folder 10_cat"
 
 
@@ -190,3 +270,4 @@ class ImageEntry:
     caption_source: str  # "file" | "class_tokens" | "metadata" | "template" | "none" (empty)
     subset: SubsetSpec
     size: tuple[int, int] | None = None  # (width, height) once read
+    mask_path: Path | None = None  # its loss mask in the subset's conditioning_data_dir

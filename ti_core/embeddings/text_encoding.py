@@ -9,14 +9,18 @@ plus the second encoder's pooled, projected end-of-text state.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ti_core.embeddings.tokens import tokenize_captions
+
 CHUNK = 77  # one CLIP window: <start> + 75 tokens + <end>/<pad>
 END_OF_TEXT = 49407
+CAPTIONS_KEPT = 8192  # token ids of this many captions stay cached (a few MB at most)
 
 
 class TrainableTokens(nn.Module):
@@ -39,6 +43,30 @@ class TrainableTokens(nn.Module):
         new_index = (input_ids - self.first_new_id).clamp(min=0, max=len(self.vectors) - 1)
         new = self.vectors[new_index].to(known.dtype)
         return torch.where(is_new, new, known)
+
+
+class CaptionIds:
+    """One tokenizer's ids of captions, each caption tokenized once (a run sees the same
+    captions epoch after epoch) and kept on the text encoder's device, so a step neither
+    tokenizes nor copies ids to the GPU. At most `kept` captions stay (then the oldest go)."""
+
+    def __init__(
+        self, tokenizer: Any, max_token_length: int, device: torch.device, kept: int = CAPTIONS_KEPT
+    ) -> None:
+        self.tokenizer, self.max_token_length = tokenizer, max_token_length
+        self.device, self.kept = device, kept
+        self._ids: dict[str, Tensor] = {}
+
+    def __call__(self, captions: Sequence[str]) -> Tensor:
+        """(B, chunks, 77) ids, exactly as tokenize_captions makes them."""
+        new = [caption for caption in dict.fromkeys(captions) if caption not in self._ids]
+        if new:
+            ids = tokenize_captions(self.tokenizer, new, self.max_token_length).input_ids
+            self._ids.update(zip(new, ids.to(self.device), strict=True))
+        batch = torch.stack([self._ids[caption] for caption in captions])
+        while len(self._ids) > self.kept:
+            del self._ids[next(iter(self._ids))]
+        return batch
 
 
 def install_trainable_tokens(

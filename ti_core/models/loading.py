@@ -69,12 +69,16 @@ def load_model(
     vae: str = "",
     dtype: Any = None,
     device: Any = None,
+    disable_mmap: bool = False,
 ) -> LoadedModel:
     """Load a base model. `v2` / `v_parameterization` are sd-scripts' flags: a file that says
     what it is wins over a missing flag, and a --v2 that contradicts the file is an error.
     `device` (sd-scripts' --lowram): a CUDA device to load the weights straight into, so the
-    whole model never sits in RAM; None loads into RAM as usual."""
+    whole model never sits in RAM; None loads into RAM as usual. `disable_mmap`
+    (disable_mmap_load_safetensors): .safetensors files are read whole, not memory-mapped."""
     gpu = _gpu_device(device)
+    if disable_mmap:
+        log.info("disable_mmap_load_safetensors: reading .safetensors files without memory-mapping")
     if not name:
         raise ModelError(
             "No base model given: set pretrained_model_name_or_path (a diffusers folder, "
@@ -83,18 +87,18 @@ def load_model(
     path = Path(resolve_model_path(name))
     if path.is_dir():
         family, v_pred = _reconcile(name, folder_info(path), v2, v_parameterization)
-        pipeline = _load_folder(path, family, dtype, gpu)
+        pipeline = _load_folder(path, family, dtype, gpu, disable_mmap)
     elif path.is_file() or path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         if not path.is_file():
             raise ModelError(
                 f"{path}: file not found. Check the path (or pick a diffusers folder)."
             )
         family, v_pred = _reconcile(name, inspect_model(str(path)), v2, v_parameterization)
-        pipeline = _load_single_file(path, family, v_pred, dtype, gpu)
+        pipeline = _load_single_file(path, family, v_pred, dtype, gpu, disable_mmap)
     elif not looks_like_hub_id(name):
         raise ModelError(f"{name}: no such file or folder. Check the path.")
     else:
-        pipeline = _load_hub(name, dtype, gpu)
+        pipeline = _load_hub(name, dtype, gpu, disable_mmap)
         detected = CheckpointInfo(
             _family_of(pipeline),
             pipeline.scheduler.config.get("prediction_type") == "v_prediction",
@@ -102,7 +106,7 @@ def load_model(
         )
         family, v_pred = _reconcile(name, detected, v2, v_parameterization)
     if vae:
-        pipeline.vae = load_vae(vae, family, dtype)
+        pipeline.vae = load_vae(vae, family, dtype, disable_mmap)
     pipeline.scheduler = _scheduler_with_prediction(pipeline.scheduler, v_pred)
     loaded = LoadedModel(pipeline=pipeline, family=family, v_parameterization=v_pred, source=name)
     log.info("loaded %s", loaded.describe())
@@ -168,12 +172,15 @@ def _gpu_device(device: Any) -> str | None:
     return str(device)
 
 
-def _load_folder(path: Path, family: str, dtype: Any, gpu: str | None) -> Any:
+def _load_folder(
+    path: Path, family: str, dtype: Any, gpu: str | None, disable_mmap: bool = False
+) -> Any:
     with _as_model_error(path):
         return _pipeline_class(family).from_pretrained(
             str(path),
             local_files_only=True,
             torch_dtype=dtype,
+            disable_mmap=disable_mmap,  # diffusers' parts (UNet, VAE); transformers maps its own
             **_no_safety_checker(family),
             **({"device_map": "cuda"} if gpu else {}),  # pipelines take the device type
         )
@@ -198,7 +205,9 @@ def single_file_configs(path: Path, family: str, v_pred: bool) -> Iterator[Path]
         yield Path(target)
 
 
-def _load_single_file(path: Path, family: str, v_pred: bool, dtype: Any, gpu: str | None) -> Any:
+def _load_single_file(
+    path: Path, family: str, v_pred: bool, dtype: Any, gpu: str | None, disable_mmap: bool = False
+) -> Any:
     tokenizers = {"tokenizer": load_tokenizer("!" if family == "sd2" else None)}
     if family == "sdxl":
         tokenizers["tokenizer_2"] = load_tokenizer("!")
@@ -208,6 +217,7 @@ def _load_single_file(path: Path, family: str, v_pred: bool, dtype: Any, gpu: st
             config=str(config_dir),
             local_files_only=True,
             torch_dtype=dtype,
+            disable_mmap=disable_mmap,
             scheduler=_scheduler_from_config(config_dir),
             **tokenizers,
             **_no_safety_checker(family),
@@ -229,7 +239,7 @@ def _scheduler_with_prediction(scheduler: Any, v_pred: bool) -> Any:
     return type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
 
 
-def _load_hub(name: str, dtype: Any, gpu: str | None) -> Any:
+def _load_hub(name: str, dtype: Any, gpu: str | None, disable_mmap: bool = False) -> Any:
     """A hub id: from the local cache, or downloaded when online (the only network path)."""
     from diffusers import DiffusionPipeline
 
@@ -242,6 +252,7 @@ def _load_hub(name: str, dtype: Any, gpu: str | None) -> Any:
                 name,
                 local_files_only=local_files_only,
                 torch_dtype=dtype,
+                disable_mmap=disable_mmap,
                 safety_checker=None,
                 requires_safety_checker=False,
                 **({"device_map": "cuda"} if gpu else {}),  # pipelines take the device type
@@ -255,7 +266,7 @@ def _load_hub(name: str, dtype: Any, gpu: str | None) -> Any:
     )
 
 
-def load_vae(name: str, family: str, dtype: Any = None) -> Any:
+def load_vae(name: str, family: str, dtype: Any = None, disable_mmap: bool = False) -> Any:
     """A separate VAE: a diffusers folder (with or without vae/) or a single file."""
     from diffusers import AutoencoderKL
 
@@ -264,8 +275,9 @@ def load_vae(name: str, family: str, dtype: Any = None) -> Any:
         subfolder = "vae" if (path / "vae" / "config.json").is_file() else None
         with _as_model_error(path):
             return AutoencoderKL.from_pretrained(
-                str(path), subfolder=subfolder, local_files_only=True, torch_dtype=dtype
-            )
+                str(path), subfolder=subfolder, local_files_only=True, torch_dtype=dtype,
+                disable_mmap=disable_mmap,
+            )  # fmt: skip
     if not path.is_file():
         raise ModelError(f"--vae {name}: file or folder not found. Check the path.")
     if path.suffix != ".safetensors":
@@ -277,6 +289,7 @@ def load_vae(name: str, family: str, dtype: Any = None) -> Any:
             subfolder="vae",
             local_files_only=True,
             torch_dtype=dtype,
+            disable_mmap=disable_mmap,
         )
 
 

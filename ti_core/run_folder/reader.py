@@ -41,6 +41,24 @@ class Sample(NamedTuple):
     prompt: str
     step: int
 
+    @property
+    def prompt_index(self) -> int | None:
+        """Its prompt's place in sample_prompts, from the file name (None: not our name)."""
+        return _sample_name_part(self.path, 1)
+
+    @property
+    def seed(self) -> int | None:
+        """The seed it was made with, from the file name (None: not our name)."""
+        return _sample_name_part(self.path, 2)
+
+
+def _sample_name_part(path: str, part: int) -> int | None:
+    # samples/<step>-<prompt index>-<seed>.png (names.SAMPLES_DIR); the event holds the path only
+    pieces = Path(path).stem.split("-")
+    if len(pieces) != 3 or not all(piece.isdigit() for piece in pieces):
+        return None
+    return int(pieces[part])
+
 
 class Saved(NamedTuple):
     """A checkpoint event: an embedding file written (later pruning may have deleted it)."""

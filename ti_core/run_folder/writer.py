@@ -4,9 +4,11 @@ The GUI never talks to a run; it reads what the run writes here (ARCHITECTURE.md
 folder", "Events", "Control flags"). This module has no torch, so the GUI can import it too.
 
 Event lines: {"type": ..., "time": <Unix epoch seconds, float, millisecond precision>, ...}.
-Each event is one `write` of a whole line to a file opened in append mode, closed (so
+Each event is one `write` of whole lines to a file opened in append mode, closed (so
 flushed) right away; no fsync except for `done` and `error`, whose loss on a power cut
-would hide how the run ended. Paths in events are absolute.
+would hide how the run ended. Paths in events are absolute. With `step_events_every` set
+(the training loop sets it), step events wait up to that many seconds and go out together
+(the Run view redraws about once a second); any other event, and close(), writes them first.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
+STEP_EVENTS_EVERY_S = 1.0  # how often a training run's step events reach events.jsonl
 
 
 class RunFolder:
@@ -79,6 +82,9 @@ class RunFolder:
         self._handlers: list[tuple[logging.Logger, logging.Handler]] = []
         self._logger_levels: list[tuple[logging.Logger, int]] = []
         self._lock = threading.Lock()  # logging may call event() from other threads
+        self.step_events_every = 0.0  # seconds step events may wait; 0: each written at once
+        self._waiting: list[bytes] = []  # step event lines not yet written
+        self._written_at = -math.inf  # time.monotonic() of the last write
         for name in self.clear_stale_flags():
             log.info("removed a %s flag left in %s by an earlier run", name, self.path)
 
@@ -97,12 +103,27 @@ class RunFolder:
         if not self.writer:
             return record
         line = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode()
-        with self._lock, open(self.events_path, "ab") as out:
-            out.write(line)
-            out.flush()
-            if type in (names.DONE, names.ERROR):
-                os.fsync(out.fileno())
+        with self._lock:
+            self._waiting.append(line)
+            due = time.monotonic() - self._written_at >= self.step_events_every
+            if type != names.STEP or due:
+                self._write_waiting(fsync=type in (names.DONE, names.ERROR))
         return record
+
+    def flush(self) -> None:
+        """Write the step events still waiting (close() does it too)."""
+        with self._lock:
+            if self._waiting:
+                self._write_waiting()
+
+    def _write_waiting(self, fsync: bool = False) -> None:
+        with open(self.events_path, "ab") as out:
+            out.write(b"".join(self._waiting))
+            out.flush()
+            if fsync:
+                os.fsync(out.fileno())
+        self._waiting.clear()
+        self._written_at = time.monotonic()
 
     def status(self, phase: str, message: str = "") -> dict[str, Any]:
         """A phase change; phase is one of PHASES (loading, caching, training, sampling, saving)."""
@@ -195,7 +216,9 @@ class RunFolder:
             logger.setLevel(level)
 
     def close(self) -> None:
-        """Detach the log handlers and give back the signal handlers."""
+        """Write waiting step events, detach the log handlers, give back the signal handlers."""
+        if self.writer:
+            self.flush()
         for logger, handler in self._handlers:
             logger.removeHandler(handler)
             handler.close()

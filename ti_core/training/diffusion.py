@@ -75,18 +75,18 @@ def draw_timesteps(
     """`count` timesteps drawn evenly from [min_timestep, max_timestep); when the range is
     empty, all at max_timestep (sd-scripts' rule). max_timestep is capped at the schedule's
     length, which is sd-scripts' default."""
-    high = min(max_timestep, schedule)
+    high, device = min(max_timestep, schedule), generator.device
     if min_timestep < high:
-        return torch.randint(min_timestep, high, (count,), generator=generator)
-    return torch.full((count,), high, dtype=torch.long)
+        return torch.randint(min_timestep, high, (count,), generator=generator, device=device)
+    return torch.full((count,), high, dtype=torch.long, device=device)
 
 
 def noisy_latents(
     latents: Tensor, scheduler: Any, generator: torch.Generator, options: NoiseOptions
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(noisy latents, timesteps, noise) for a batch; `noise` is what the target is made of.
-    All randomness comes from `generator` (CPU), in sd-scripts' order: noise, timesteps,
-    input perturbation."""
+    All randomness comes from `generator` (on its device: see noise.batch_generator), in
+    sd-scripts' order: noise, timesteps, input perturbation."""
     noise = draw_noise(latents, generator, options)
     schedule = scheduler.config.num_train_timesteps
     timesteps = draw_timesteps(

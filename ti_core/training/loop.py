@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +19,15 @@ from tqdm.auto import tqdm
 
 from ti_core.config.run_config import Config
 from ti_core.config.toml_io import save_config
-from ti_core.data.batches import make_loader, sdxl_time_ids
+from ti_core.data.batches import BatchLoader, sdxl_time_ids
 from ti_core.data.buckets import check_bucket_reso_steps
 from ti_core.data.latents import scale_latents
 from ti_core.data.spec import DatasetSpec, ImageEntry
 from ti_core.embeddings.text_encoding import encode
-from ti_core.embeddings.tokens import tokenize_captions
 from ti_core.models.devices import choose_device
+from ti_core.models.tokenizer import tokenizer_cache
 from ti_core.run_folder.names import CONFIG_FILE, SAMPLE_NOW, SAVE_NOW, STOP
-from ti_core.run_folder.writer import RunFolder
+from ti_core.run_folder.writer import STEP_EVENTS_EVERY_S, RunFolder
 from ti_core.training.diffusion import (
     enforce_zero_terminal_snr,
     noisy_latents,
@@ -36,8 +36,10 @@ from ti_core.training.diffusion import (
 )
 from ti_core.training.distributed import ShareOfBatches, Team
 from ti_core.training.health import limit_norms
+from ti_core.training.hub import HubUploads
 from ti_core.training.insight import Insight
 from ti_core.training.losses import image_losses
+from ti_core.training.noise import batch_generator, batch_seed
 from ti_core.training.optim import (
     current_lr,
     optimizer_for_config,
@@ -45,6 +47,7 @@ from ti_core.training.optim import (
     scheduler_for_config,
 )
 from ti_core.training.outputs import Outputs, epochs_between_copies, every
+from ti_core.training.runtime import announce_runtime_options
 from ti_core.training.setup import (
     Precision,
     TrainableModel,
@@ -93,11 +96,14 @@ def train(
     saving, sampling = config.saving, config.sampling
     outputs, batches, insight = t.outputs, t.batches, t.insight
     accumulation = training.gradient_accumulation_steps
-    workers = config.dataset.max_data_loader_n_workers
+    data = config.dataset  # batches read ahead in workers, kept across epochs if persistent
+    loader = BatchLoader(batches, data.max_data_loader_n_workers,
+                         data.persistent_data_loader_workers)  # fmt: skip
     step, first_epoch, skip_batches = outputs.resume(len(batches))
     saving.save_every_n_epochs = epochs_between_copies(saving, t.num_epochs)
     trackers = open_trackers(config, run)  # TensorBoard / wandb (log_with); closed by the CLI
     run.status("training")
+    run.step_events_every = STEP_EVENTS_EVERY_S  # steps reach events.jsonl about once a second
     started, reason = time.monotonic(), "finished"
     # The console's bar; off when stderr is not a terminal (the GUI reads events.jsonl).
     progress = tqdm(total=t.max_steps, initial=step, unit="step", dynamic_ncols=True,
@@ -108,16 +114,16 @@ def train(
         insight.measure(step)  # where the vectors start: the baseline of every figure
     for epoch in range(first_epoch, t.num_epochs + 1):
         batches.set_epoch(epoch)
-        for batch_index, batch in epoch_batches(batches, skip_batches, workers):
+        for batch_index, batch in loader.epoch(epoch, skip_batches):
             which = batch_index * team.size + team.rank  # this batch's place in the epoch
-            noise_seed = hash((config.training.seed, epoch, which)) % 2**63
+            noise_seed = batch_seed(config.training.seed, epoch, which)
             optimizer_train_mode(t.optimizer)  # schedule-free: back from the averaged weights
             loss = step_loss(config, t.model, batch, t.precision, t.noise_scheduler, noise_seed)
-            shown_loss = team.average(loss.detach())
-            if not torch.isfinite(shown_loss):  # back to the last good vectors, or stop
-                if outputs.roll_back(step, float(shown_loss)):
+            shown_loss = outputs.read_loss(team.average(loss.detach()))  # one read to the host
+            if not math.isfinite(shown_loss):  # back to the last good vectors, or stop
+                if outputs.roll_back(step, shown_loss):
                     continue
-                raise outputs.fail_non_finite(step, float(shown_loss))
+                raise outputs.fail_non_finite(step, shown_loss)
             backward(loss / accumulation, t.scaler)
             if (batch_index + 1) % accumulation and batch_index + 1 < len(batches):
                 continue
@@ -129,12 +135,12 @@ def train(
             t.lr_schedule.step()
             step += 1
             outputs.position = (step, epoch, batch_index + 1)
-            run.step(step=step, epoch=epoch, loss=float(shown_loss), lr=current_lr(t.optimizer),
+            run.step(step=step, epoch=epoch, loss=shown_loss, lr=current_lr(t.optimizer),
                      **speed(started, step - outputs.resumed_step, t.max_steps - step),
                      total_steps=t.max_steps)  # fmt: skip
-            trackers.log({"loss": float(shown_loss), "lr": current_lr(t.optimizer)}, step)
+            trackers.log({"loss": shown_loss, "lr": current_lr(t.optimizer)}, step)
             progress.update(1)
-            progress.set_postfix(loss=f"{float(shown_loss):.4f}", epoch=epoch, refresh=False)
+            progress.set_postfix(loss=f"{shown_loss:.4f}", epoch=epoch, refresh=False)
             # --- periodic work after a step, and the GUI's requests (flag files) ---
             saved = every(step, saving.save_every_n_steps)
             if saved:
@@ -177,14 +183,17 @@ def set_up(
     from ti_core.embeddings.specs import embedding_specs
     from ti_core.embeddings.tokens import add_embeddings, text_parts
 
+    hub = HubUploads(config, run.writer)  # takes huggingface_token out before config.toml
     if team.is_main:
         save_config(config, run.path / CONFIG_FILE)
     run.status("loading")
     training, device = config.training, team.device(choose_device())
+    announce_runtime_options(config, device, team)  # what fp8_base, highvram, ddp_* do here
     precision = choose_precision(
         training.mixed_precision, device, training.full_fp16 or training.full_bf16
     )
-    loaded = load_base_model(config, device)
+    with tokenizer_cache(config.model.tokenizer_cache_dir):  # a single file's tokenizer
+        loaded = load_base_model(config, device)
     for spec in specs:
         check_bucket_reso_steps(spec, loaded.family)
     tokenizers, text_encoders = text_parts(loaded.pipeline)
@@ -203,12 +212,13 @@ def set_up(
         loaded.pipeline.scheduler, loaded.v_parameterization, training.zero_terminal_snr
     )
     steps = noise_scheduler.config.num_train_timesteps
-    batches, validation = build_batches(config, specs, model, precision, entries, steps)
+    all_batches, validation = build_batches(config, specs, model, precision, entries, steps)
     if team.is_main:
         team.wait_for_all()
-    if team.size > 1:
-        batches = ShareOfBatches(batches, team)
+    batches = ShareOfBatches(all_batches, team) if team.size > 1 else all_batches
     max_steps, num_epochs = total_steps(config, len(batches))
+    # captions that change with the step (token_warmup_step) learn the step of each batch
+    all_batches.count_steps(training.gradient_accumulation_steps, max_steps, team.size)
     optimizer = optimizer_for_config(model.parameters, config.optimizer)
     lr_schedule = scheduler_for_config(optimizer, config.optimizer, max_steps)
     scaler = grad_scaler(precision)
@@ -220,19 +230,10 @@ def set_up(
     )  # fmt: skip
     return Training(
         model, precision, batches, optimizer, lr_schedule, noise_scheduler, scaler,
-        Outputs(config, run, model, optimizer, lr_schedule, scaler),
+        Outputs(config, run, model, optimizer, lr_schedule, scaler, hub),
         Insight(config, run, model, validation, precision, noise_scheduler, optimizer),
         max_steps, num_epochs,
     )  # fmt: skip
-
-
-def epoch_batches(batches: Any, first: int, workers: int) -> Iterator[tuple[int, dict]]:
-    """(index, batch) from batch `first` on; with workers, the next batches are read and
-    resized in other processes while this one trains."""
-    indices = range(first, len(batches))
-    if not workers:
-        return ((index, batches[index]) for index in indices)
-    return zip(indices, make_loader(batches, workers, indices=indices), strict=True)
 
 
 def step_loss(
@@ -245,21 +246,20 @@ def step_loss(
 ) -> torch.Tensor:
     """One batch forward: latents, noise, text conditioning with the trainable rows, UNet."""
     pipeline, device = model.loaded.pipeline, precision.device
-    # A batch's randomness depends only on (seed, epoch, batch): a resumed run draws the same.
-    generator = torch.Generator().manual_seed(noise_seed)
+    # A batch's randomness depends only on (seed, epoch, batch): a resumed run draws the same,
+    # on the training device (no noise copied from the host).
+    generator = batch_generator(noise_seed, device)
     if config.training.zero_terminal_snr:  # set_up did it; a caller's own scheduler too (once)
         enforce_zero_terminal_snr(noise_scheduler)
     if "latents" in batch:
-        latents = batch["latents"].to(device, precision.weight_dtype)
+        # non_blocking: a GPU copy from the host then waits for no queued work
+        latents = batch["latents"].to(device, precision.weight_dtype, non_blocking=True)
     else:
         with torch.no_grad():
-            pixels = batch["pixels"].to(device, pipeline.vae.dtype)
+            pixels = batch["pixels"].to(device, pipeline.vae.dtype, non_blocking=True)
             raw = pipeline.vae.encode(pixels).latent_dist.sample(generator=generator)
             latents = scale_latents(raw, pipeline.vae).to(precision.weight_dtype)
-    input_ids = [
-        tokenize_captions(tokenizer, batch["captions"], config.model.max_token_length).input_ids
-        for tokenizer in model.tokenizers
-    ]
+    input_ids = model.input_ids(batch["captions"], config.model.max_token_length)
     autocast = (
         torch.autocast(device.type, dtype=precision.autocast_dtype)
         if precision.autocast_dtype
@@ -274,14 +274,15 @@ def step_loss(
         )
         extra = None
         if condition.pooled is not None:
-            time_ids = sdxl_time_ids(batch).to(device, condition.pooled.dtype)
+            time_ids = sdxl_time_ids(batch).to(device, condition.pooled.dtype, non_blocking=True)
             extra = {"text_embeds": condition.pooled, "time_ids": time_ids}
         prediction = pipeline.unet(
             noisy, timesteps, condition.context.to(noisy.dtype), added_cond_kwargs=extra
         ).sample
     target = prediction_target(noise_scheduler, latents, noise, timesteps)
-    losses = image_losses(prediction, target, timesteps, noise_scheduler, config.training)
-    return (losses * batch["loss_weights"].to(device)).mean()
+    masks = batch.get("loss_masks")  # per-pixel weights: alpha_mask, masked_loss
+    losses = image_losses(prediction, target, timesteps, noise_scheduler, config.training, masks)
+    return (losses * batch["loss_weights"].to(device, non_blocking=True)).mean()
 
 
 def backward(loss: torch.Tensor, scaler: Any) -> None:

@@ -1,7 +1,8 @@
 """The loss of one training step, as sd-scripts computes it: a per-pixel loss (l2, l1, huber,
-smooth_l1) averaged per image, then the per-timestep weights (Min-SNR, v-prediction scaling,
-v-prediction-like loss, debiased estimation), in sd-scripts' order. One loss per image, so
-regularization images can weigh differently.
+smooth_l1), weighted by the loss mask where there is one, averaged per image, then the
+per-timestep weights (Min-SNR, v-prediction scaling, v-prediction-like loss, debiased
+estimation), in sd-scripts' order. One loss per image, so regularization images can weigh
+differently.
 """
 
 from __future__ import annotations
@@ -53,6 +54,17 @@ def pixel_losses(
     raise ValueError(f"unknown loss_type {loss_type!r}")
 
 
+def apply_loss_masks(losses: Tensor, masks: Tensor | None) -> Tensor:
+    """Each element's loss times its pixels' mean mask weight (sd-scripts' apply_masked_loss:
+    the (B, H, W) masks are area-averaged down to the latent's h x w). The mean over the image
+    that follows still counts every element: a half-masked image's loss is half its unmasked
+    half's mean, as in sd-scripts."""
+    if masks is None:
+        return losses
+    weights = masks.to(losses.device, losses.dtype).unsqueeze(1)
+    return losses * F.interpolate(weights, size=losses.shape[2:], mode="area")
+
+
 def timestep_weights(timesteps: Tensor, scheduler: Any, options: LossOptions) -> Tensor | None:
     """The factor each image's loss is multiplied by, or None when no weighting is on.
     v_pred_like_loss adds a multiple of the loss, so it is a factor too."""
@@ -83,14 +95,16 @@ def image_losses(
     timesteps: Tensor,
     scheduler: Any,
     options: LossOptions,
+    masks: Tensor | None = None,
 ) -> Tensor:
-    """The loss of each image of the batch, weighted per timestep as the options say."""
+    """The loss of each image of the batch, weighted per pixel by `masks` (the batch's
+    loss_masks, if any) and per timestep as the options say."""
     threshold = None
     if options.loss_type in ("huber", "smooth_l1"):
         threshold = huber_threshold(
             timesteps, scheduler, options.huber_schedule, options.huber_c, options.huber_scale
         )
     losses = pixel_losses(prediction.float(), target.float(), options.loss_type, threshold)
-    losses = losses.mean(dim=(1, 2, 3))
+    losses = apply_loss_masks(losses, masks).mean(dim=(1, 2, 3))
     weight = timestep_weights(timesteps, scheduler, options)
     return losses if weight is None else losses * weight

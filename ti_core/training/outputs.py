@@ -20,6 +20,7 @@ from ti_core.config.run_config import Config
 from ti_core.errors import TiError
 from ti_core.run_folder.names import STATE_DIR, STATE_FILE
 from ti_core.run_folder.writer import RunFolder
+from ti_core.training.hub import HubUploads
 from ti_core.training.setup import TrainableModel
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,12 @@ class Outputs:
         optimizer: Any,
         lr_schedule: Any,
         scaler: Any,
+        hub: HubUploads | None = None,
     ) -> None:
         self.config, self.run, self.model = config, run, model
+        # Uploads to the Hub (huggingface_repo_id); set_up builds it before config.toml is
+        # written, as it takes the token out of the config.
+        self.hub = hub if hub is not None else HubUploads(config, run.writer)
         self.optimizer, self.lr_schedule, self.scaler = optimizer, lr_schedule, scaler
         self.position = (0, 1, 0)  # (step, epoch, batches done in that epoch)
         self.resumed_step = 0
@@ -47,6 +52,7 @@ class Outputs:
         self.final_path: Path | None = None  # the first embedding's file under its final name
         self.saved: dict[int, str] = {}  # step -> the first embedding's file saved at it
         self.good: dict[str, Any] | None = None  # the last finite vectors and optimizer state
+        self.pending: dict[str, Any] | None = None  # the last update's, until read_loss
         self.rollbacks = 0
 
     # --- embedding files ----------------------------------------------------------------
@@ -89,6 +95,7 @@ class Outputs:
             paths = [move_into_place(path, self.run.path / path.name) for path in staged]
             for path in paths:
                 self.run.checkpoint(step=step, path=str(path), format=saving.embedding_format)
+                self.hub.upload(path)
             if index == 0:
                 self.saved[step] = str(paths[0])
                 if not suffix:
@@ -136,18 +143,33 @@ class Outputs:
         with save_state or save_state_on_train_end, the state as sd-scripts' <name>-state too."""
         if self.config.saving.save_state or self.config.saving.save_state_on_train_end:
             self.copy_state(self.save_state(), "")
+        self.hub.finish()  # the run is done when its uploads are
         self.run.done(reason=reason, path=str(self.final_path))
         log.info("%s at step %d: %s", reason, step, self.final_path)
         return self.final_path  # type: ignore[return-value]
 
     def remember_good(self) -> None:
-        """After an optimizer step: the vectors and optimizer state to roll back to, when the
-        vectors are finite (a finite loss can still give an update that overflows)."""
-        if all(bool(torch.isfinite(tokens.vectors).all()) for tokens in self.model.tokens):
-            self.good = {
-                "vectors": [t.vectors.detach().clone() for t in self.model.tokens],
-                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            }
+        """After an optimizer step: a copy of the vectors and optimizer state to roll back to.
+        It becomes the good one at the next read_loss, if the vectors were finite (a finite
+        loss can still give an update that overflows): no read to the host here."""
+        vectors = [tokens.vectors.detach() for tokens in self.model.tokens]
+        self.pending = {
+            "vectors": [v.clone() for v in vectors],
+            "optimizer": _copied(self.optimizer.state_dict()),
+            "finite": torch.stack([torch.isfinite(v).all() for v in vectors]).all(),
+        }
+
+    def read_loss(self, loss: torch.Tensor) -> float:
+        """The step's one read to the host: the loss, and with it whether the last update left
+        the vectors finite (then its copy is the one to roll back to)."""
+        if self.pending is None:
+            return float(loss)
+        finite = self.pending.pop("finite").to(loss.device, torch.float32)
+        value, vectors_finite = torch.stack([loss.float().reshape(()), finite]).tolist()
+        if vectors_finite:
+            self.good = self.pending
+        self.pending = None
+        return value
 
     def roll_back(self, step: int, loss: float) -> bool:
         """A non-finite loss: back to the last good vectors and optimizer state, with half the
@@ -183,6 +205,7 @@ class Outputs:
             "(fp16 overflows); the embedding of the last good step is saved"
         )
         self.run.error(message=message, hint=hint)
+        self.hub.finish()
         self.run.done(reason="failed", path=str(self.final_path))
         failure = TiError(f"{message}; {hint}")
         failure.recorded_in_run = True  # type: ignore[attr-defined]
@@ -208,6 +231,7 @@ class Outputs:
             target = self.run.path / f"{self.state_stem}{copy}-state" / STATE_FILE
             with atomic_path(target) as temporary:
                 shutil.copyfile(latest / STATE_FILE, temporary)
+            self.hub.upload(target.parent, state=True)  # save_state_to_huggingface
 
     def save_state(self) -> Path:
         folder = self.run.path / STATE_DIR
@@ -233,7 +257,9 @@ class Outputs:
         """(step, first epoch, batches to skip in it): where a --resume run picks up."""
         if not self.config.saving.resume:
             return 0, 1, 0
-        folder = Path(self.config.saving.resume)
+        saving = self.config.saving
+        from_hub = saving.resume_from_huggingface
+        folder = self.hub.download_state(saving.resume) if from_hub else Path(saving.resume)
         path = folder / STATE_FILE if folder.is_dir() else folder
         if path.is_dir() or not path.is_file():
             path = folder / STATE_DIR / STATE_FILE
@@ -304,6 +330,17 @@ def _mismatch(path: Path, vectors: list[torch.Tensor], save_precision: str) -> s
         if not torch.allclose(read.float(), held.float(), rtol=tolerance, atol=tolerance):
             return f"encoder {index}: the values differ from the vectors in memory"
     return ""
+
+
+def _copied(value: Any) -> Any:
+    """A copy of a state dict: tensors cloned (on their device), containers rebuilt."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: _copied(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copied(item) for item in value)
+    return copy.deepcopy(value)
 
 
 def epochs_between_copies(saving: Any, num_epochs: int) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ti_core.config.run_config import Config
 from ti_core.data.doctor import DatasetReport
+from ti_core.data.masks import check_mask_options, check_mask_settings
 from ti_core.data.run_data import check_data, require_clean
 from ti_core.data.spec import DatasetSpec
 from ti_core.embeddings.specs import EmbeddingSpec, embedding_specs
@@ -95,6 +96,22 @@ def family_hint(model_name: str) -> str | None:
         return None  # the model loader reports it, after the data checks
 
 
+def check_runtime_options(config: Config) -> None:
+    """The speed, DeepSpeed, dataset_class and Hub options (config/runtime_options.py): a
+    missing package, backend or class, or a Hub that cannot be reached, stops the run here."""
+    from ti_core.training.distributed import check_deepspeed
+    from ti_core.training.hub import check_hub
+    from ti_core.training.runtime import check_speed_options
+
+    check_speed_options(config.training)
+    check_deepspeed(config.training)
+    if config.dataset.dataset_class:
+        from ti_core.data.custom_dataset import load_dataset_class
+
+        load_dataset_class(config.dataset.dataset_class)
+    check_hub(config.saving)
+
+
 def preflight(config: Config) -> tuple[list[DatasetSpec], DatasetReport]:
     """Everything that can be checked without the model, in the order a user fixes things."""
     from ti_core.training.optim import check_optimizer_settings
@@ -114,6 +131,9 @@ def preflight(config: Config) -> tuple[list[DatasetSpec], DatasetReport]:
         from ti_core.training.scores import check_clip_model
 
         check_clip_model(config.sampling.clip_model)  # not mid-run, at the first score
+    check_runtime_options(config)
+    check_mask_options(config)
     specs, report = check_data(config, family)
+    check_mask_settings(config, specs)
     require_clean(report)
     return specs, report

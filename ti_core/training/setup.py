@@ -16,7 +16,11 @@ import torch
 from ti_core.config.run_config import Config
 from ti_core.data.spec import DatasetSpec, ImageEntry
 from ti_core.embeddings.specs import EmbeddingSpec
-from ti_core.embeddings.text_encoding import TrainableTokens, install_trainable_tokens
+from ti_core.embeddings.text_encoding import (
+    CaptionIds,
+    TrainableTokens,
+    install_trainable_tokens,
+)
 from ti_core.embeddings.tokens import Placeholders, expand_all
 from ti_core.models.loading import LoadedModel
 
@@ -68,6 +72,7 @@ def load_base_model(config: Config, device: torch.device) -> LoadedModel:
     return load_model(
         m.pretrained_model_name_or_path, m.v2, m.v_parameterization, m.vae,
         device=device if m.lowram else None,
+        disable_mmap=config.training.disable_mmap_load_safetensors,
     )  # fmt: skip
 
 
@@ -76,8 +81,11 @@ def grad_scaler(precision: Precision) -> torch.amp.GradScaler | None:
     return torch.amp.GradScaler("cuda") if precision.scale_loss else None
 
 
-def set_attention(unet: Any, xformers: bool, mem_eff_attn: bool, device: torch.device) -> str:
-    """PyTorch's SDPA by default; xformers when asked and usable, else a warning and SDPA."""
+def set_attention(
+    unet: Any, xformers: bool, mem_eff_attn: bool, device: torch.device, sdpa: bool = False
+) -> str:
+    """PyTorch's SDPA by default (and for sdpa); xformers when asked and usable, else a warning
+    and SDPA."""
     if xformers:
         if device.type != "cuda":
             log.warning("xformers needs CUDA; using PyTorch's SDPA attention instead.")
@@ -89,6 +97,8 @@ def set_attention(unet: Any, xformers: bool, mem_eff_attn: bool, device: torch.d
                 log.warning("xformers is not usable (%s); using PyTorch's SDPA attention.", error)
     elif mem_eff_attn:
         log.info("mem_eff_attn: PyTorch's SDPA attention is memory-efficient; using it.")
+    elif sdpa:
+        log.info("sdpa: the UNet uses PyTorch's scaled-dot-product attention.")
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     unet.set_attn_processor(AttnProcessor2_0())
@@ -109,9 +119,20 @@ class TrainableModel:
     text_encoders: list[Any]
     attention: str = "sdpa"
     parameters: list[torch.nn.Parameter] = field(default_factory=list)
+    caption_ids: list[CaptionIds] = field(default_factory=list, init=False, repr=False)
 
     def expand(self, caption: str) -> str:
         return expand_all(self.placeholders, caption)
+
+    def input_ids(self, captions: list[str], max_token_length: int) -> list[torch.Tensor]:
+        """Each tokenizer's ids of `captions` (B, chunks, 77), on its text encoder's device;
+        a caption seen before is not tokenized again."""
+        if not self.caption_ids or self.caption_ids[0].max_token_length != max_token_length:
+            self.caption_ids = [
+                CaptionIds(tokenizer, max_token_length, next(encoder.parameters()).device)
+                for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True)
+            ]
+        return [ids(captions) for ids in self.caption_ids]
 
     @property
     def token_strings(self) -> list[str]:
@@ -147,7 +168,7 @@ def prepare_model(
     for encoder in text_encoders:
         encoder.to(precision.device, precision.text_dtype)  # the trained rows pass through it
     attention = set_attention(
-        pipeline.unet, training.xformers, training.mem_eff_attn, precision.device
+        pipeline.unet, training.xformers, training.mem_eff_attn, precision.device, training.sdpa
     )
     if training.gradient_checkpointing:
         pipeline.unet.enable_gradient_checkpointing()
@@ -155,6 +176,10 @@ def prepare_model(
         for encoder in text_encoders:
             encoder.gradient_checkpointing_enable()
             encoder.train()
+    if training.torch_compile:
+        from ti_core.training.runtime import compile_unet
+
+        compile_unet(pipeline.unet, training.dynamo_backend)
     tokens = []
     for index, encoder in enumerate(text_encoders):
         ids = [i for embedding in placeholders for i in embedding.placeholder_ids[index]]
@@ -194,6 +219,10 @@ def build_batches(
     from ti_core.data.run_data import caption_maker, train_images
     from ti_core.training.validation import build_validation_set, hold_out, is_on
 
+    if config.dataset.dataset_class:  # the user's class makes the batches; no folders to read
+        from ti_core.data.custom_dataset import custom_batches
+
+        return custom_batches(config, model), None
     datasets = train_images(specs, entries)
     make_caption = caption_maker(config, model.expand)
     vae = model.loaded.pipeline.vae
@@ -212,8 +241,10 @@ def build_batches(
             config.dataset.vae_batch_size,
             to_disk=config.dataset.cache_latents_to_disk,
             generator=torch.Generator().manual_seed(config.training.seed),
+            skip_check=config.dataset.skip_cache_check,
         )
-        release_vae(vae)
+        if not config.training.highvram:  # highvram: the VAE and its memory stay on the GPU
+            release_vae(vae)
     batches = EpochBatches(
         datasets,
         make_caption,

@@ -13,14 +13,13 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from ti_core.config.run_config import FIELDS, Config
+from ti_core.config.run_config import FIELDS, SECRET_OPTIONS, Config
 from ti_core.errors import ConfigError
 from ti_core.run_folder.writer import RunFolder
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKER_NAME = "textual_inversion"  # sd-scripts' project name for TI runs
-SECRET_OPTIONS = ("wandb_api_key",)
 _OPEN: list[Trackers] = []  # closed by close_trackers() when the train command ends
 
 

@@ -27,6 +27,7 @@ from ti_core.data.spec import DatasetSpec
 from ti_core.embeddings.text_encoding import encode
 from ti_core.embeddings.tokens import tokenize_captions
 from ti_core.training.diffusion import prediction_target
+from ti_core.training.losses import apply_loss_masks
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,9 @@ def _on(generator: torch.Generator, device: torch.device) -> torch.Generator | N
 def validation_loss(
     config: Config, model: Any, vset: ValidationSet, precision: Any, noise_scheduler: Any
 ) -> float:
-    """The mean denoising loss (mean squared error of the prediction, as sd-scripts' l2 loss)
-    over every validation image and timestep, under no_grad, with the models in eval mode."""
+    """The mean denoising loss (mean squared error of the prediction, as sd-scripts' l2 loss,
+    weighted by the images' loss masks) over every validation image and timestep, under
+    no_grad, with the models in eval mode."""
     pipeline, device = model.loaded.pipeline, precision.device
     modes = [(module, module.training) for module in (pipeline.unet, *model.text_encoders)]
     for module, _ in modes:
@@ -163,6 +165,7 @@ def validation_loss(
                     ).sample
                     target = prediction_target(noise_scheduler, latents, eps, timesteps)
                     error = (prediction.float() - target.float()) ** 2
+                    error = apply_loss_masks(error, batch.get("loss_masks"))
                     total += float(error.mean(dim=(1, 2, 3)).sum())
                     count += latents.shape[0]
     finally:

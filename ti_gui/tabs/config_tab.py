@@ -1,10 +1,11 @@
-"""Config tab: load a preset or any TOML into the form, see the form as TOML and as the
-equivalent command line, and check a TOML the way the engine will."""
+"""Config tab: load a preset (shipped or the user's own) or any TOML file into the form, save the
+form as the user's preset, see the form as TOML and as the equivalent command line, and check a
+TOML the way the engine will."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -12,11 +13,12 @@ import gradio as gr
 from ti_core.config.run_config import Config
 from ti_core.config.toml_io import config_from_toml, config_to_command, config_to_toml, load_config
 from ti_core.errors import TiError
+from ti_gui import presets
 from ti_gui.fields import Form, FormResult, check_ready
 from ti_gui.path_picker import PATH_FIELDS
 from ti_gui.tabs.model_tab import describe_model
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
+PRESETS_DIR = presets.SHIPPED_DIR
 DEFAULT_PRESET = "demo"
 
 
@@ -30,17 +32,23 @@ class ConfigTab:
     status: gr.Markdown
     command: gr.Textbox
     invalid: gr.State  # {option name: problem} shown at the widgets now
+    save_name: gr.Textbox
+    save: gr.Button
+    open_path: gr.Textbox
+    open: gr.Button
 
 
-def preset_names() -> list[str]:
-    return sorted(path.stem for path in PRESETS_DIR.glob("*.toml"))
+@dataclass
+class FormLoader:
+    """Apply TOML and Load preset for other tabs (the Start tab): each returns the updates of
+    `outputs`, the TOML editor's and the form's, as the Config tab's own buttons make them."""
+
+    from_text: Callable[[str], dict[Any, Any]]  # a TOML text, into the editor and the form
+    from_preset: Callable[[str], dict[Any, Any]]  # a preset by its list name
+    outputs: list[Any]
 
 
-def read_preset(name: str) -> str:
-    path = PRESETS_DIR / f"{name}.toml"
-    if not path.is_file():
-        return f"# preset {name!r} not found in {PRESETS_DIR}\n"
-    return path.read_text(encoding="utf-8")
+read_preset = presets.read_preset
 
 
 def initial_config() -> Config:
@@ -64,12 +72,28 @@ def check_config(text: str) -> tuple[str, str]:
 def build(form: Form) -> ConfigTab:
     with gr.Row():
         preset = gr.Dropdown(
-            preset_names(),
+            presets.preset_names(),
             value=DEFAULT_PRESET,
             label="Preset",
-            info=f"from {PRESETS_DIR}",
+            info=f"shipped ones, then yours ({presets.MINE}…, from {presets.user_dir()})",
+            elem_id="preset",
         )
         load = gr.Button("Load preset")
+    with gr.Row():
+        save_name = gr.Textbox(
+            label="Save the form as my preset",
+            placeholder="a name, e.g. my-character",
+            info=f"written to {presets.user_dir()}, listed above; an update never touches it",
+            elem_id="preset-name",
+        )
+        save = gr.Button("Save as preset", elem_id="save-preset")
+    with gr.Row():
+        open_path = gr.Textbox(
+            label="Open a config file",
+            placeholder="/path/to/config.toml (ours, or sd-scripts' --config_file TOML)",
+            elem_id="open-config-path",
+        )
+        open_button = gr.Button("Open config", elem_id="open-config")
     toml = gr.Code(
         read_preset(DEFAULT_PRESET), language=None, label="Config (TOML)", lines=18, elem_id="toml"
     )
@@ -83,10 +107,13 @@ def build(form: Form) -> ConfigTab:
         buttons=["copy"],
         interactive=False,
     )
-    return ConfigTab(preset, load, toml, apply, check, status, command, gr.State({}))
+    return ConfigTab(
+        preset, load, toml, apply, check, status, command, gr.State({}),
+        save_name, save, open_path, open_button,
+    )  # fmt: skip
 
 
-def wire(tab: ConfigTab, form: Form, form_status: gr.Markdown) -> None:
+def wire(tab: ConfigTab, form: Form, form_status: gr.Markdown) -> FormLoader:
     everything = [tab.status, tab.command, form_status, tab.invalid, *form.outputs()]
 
     def apply_toml(text: str) -> dict[Any, Any]:
@@ -98,9 +125,13 @@ def wire(tab: ConfigTab, form: Form, form_status: gr.Markdown) -> None:
             return {tab.status: message, form_status: message}
         model = describe_model(config.model.pretrained_model_name_or_path)
         blockers = check_ready(config)
+        marks = form.marks(blockers)  # one update per widget: its mark and its new value
+        filled = {
+            widget: {**marks[widget], "value": value}
+            for widget, value in form.values(config).items()
+        }
         return {
-            **form.values(config),
-            **form.marks(blockers),
+            **filled,
             tab.invalid: blockers,
             tab.status: f"**Loaded into the form.** Model: {model}",
             tab.command: config_to_command(config),
@@ -125,6 +156,42 @@ def wire(tab: ConfigTab, form: Form, form_status: gr.Markdown) -> None:
         apply_toml, inputs=tab.toml, outputs=everything, api_visibility="private"
     )
     tab.apply.click(apply_toml, inputs=tab.toml, outputs=everything, api_visibility="private")
+
+    def from_text(text: str) -> dict[Any, Any]:
+        return {tab.toml: text, **apply_toml(text)}
+
+    def from_preset(choice: str) -> dict[Any, Any]:
+        return {tab.preset: choice, **from_text(read_preset(choice))}
+
+    def save_preset(name: str, text: str) -> dict[Any, Any]:
+        """The editor follows the form, so its TOML is what the form holds."""
+        try:
+            choice, path = presets.save_preset(name, text)
+        except TiError as error:
+            return {tab.status: f"**Not saved:** {error}"}
+        return {
+            tab.status: f"**Saved** as preset `{choice}` in `{path}`.",
+            tab.preset: gr.update(choices=presets.preset_names(), value=choice),
+        }
+
+    def open_config(path: str) -> dict[Any, Any]:
+        try:
+            text = presets.open_config_file(path)
+        except TiError as error:
+            return {tab.status: f"**Not opened:** {error}"}
+        return {tab.toml: text, **apply_toml(text)}
+
+    tab.save.click(
+        save_preset, inputs=[tab.save_name, tab.toml], outputs=[tab.status, tab.preset],
+        api_name="save_preset",
+    )  # fmt: skip
+    tab.open.click(
+        open_config, inputs=tab.open_path, outputs=[tab.toml, *everything], api_name="open_config"
+    )
+    tab.open_path.submit(
+        open_config, inputs=tab.open_path, outputs=[tab.toml, *everything],
+        api_visibility="private",
+    )  # fmt: skip
     tab.check.click(check_config, inputs=tab.toml, outputs=[tab.status, tab.command])
     # Typing fires .input; a path picked with Browse changes the textbox from the server, which
     # fires only .change (path fields listen to that, as typing fires it too).
@@ -141,3 +208,4 @@ def wire(tab: ConfigTab, form: Form, form_status: gr.Markdown) -> None:
         show_progress="hidden",
         trigger_mode="always_last",
     )
+    return FormLoader(from_text, from_preset, [tab.toml, tab.preset, *everything])

@@ -29,6 +29,7 @@ from ti_core.data.caption_fix import (
 from ti_core.errors import TiError
 from ti_gui.fields import Form
 from ti_gui.path_picker import add_path_field, add_rest
+from ti_gui.tabs import dataset_gallery_panel
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CHECK_TIMEOUT_S = 300
@@ -45,6 +46,7 @@ class DatasetTab:
     new_files: gr.Button  # "Write a caption file with <token> for these M images"
     undo: gr.Button
     plan: gr.State  # FixPlan.to_dict() of the last check, or None
+    gallery: dataset_gallery_panel.GalleryPanel  # the images and captions
 
 
 def run_doctor(config: Config) -> tuple[int, str, str]:
@@ -164,7 +166,8 @@ def build(form: Form) -> DatasetTab:
         add_token = gr.Button(visible=False, elem_id="fix-add-token")
         new_files = gr.Button(visible=False, elem_id="fix-new-files")
         undo = gr.Button("Undo the last caption fix", visible=False, elem_id="fix-undo")
-    return DatasetTab(check, report, fixes, add_token, new_files, undo, gr.State(None))
+    panel = dataset_gallery_panel.build()
+    return DatasetTab(check, report, fixes, add_token, new_files, undo, gr.State(None), panel)
 
 
 def fixes_markdown(plan: FixPlan | str, done: str = "") -> str:
@@ -278,3 +281,4 @@ def wire(tab: DatasetTab, form: Form) -> None:
     tab.add_token.click(fix(ADD_TOKEN), inputs=inputs, outputs=panel, **private)
     tab.new_files.click(fix(NEW_FILE), inputs=inputs, outputs=panel, **private)
     tab.undo.click(undo_fix, inputs=inputs, outputs=panel, **private)
+    dataset_gallery_panel.wire(tab.gallery, form)

@@ -14,7 +14,7 @@ from ti_core.config.toml_io import config_from_toml
 from ti_core.errors import TiError
 from ti_core.run_folder.keep import REPLACED, keep_step
 from ti_core.run_folder.names import LOG_FILE, SAMPLE_NOW, SAVE_NOW
-from ti_gui import charts, run_view
+from ti_gui import charts, run_view, sample_grid, sample_grid_html
 from ti_gui.fields import Form
 from ti_gui.run_bar import RunBar
 from ti_gui.run_view import run_choices
@@ -37,6 +37,7 @@ class RunTab:
     norm: gr.LinePlot
     drift: gr.LinePlot
     gallery: gr.Gallery
+    grid: gr.HTML  # saved steps x sample prompts (sample_grid.py); a click opens Generate
     checkpoints: gr.Markdown
     messages: gr.Markdown
     log: gr.Textbox
@@ -69,6 +70,8 @@ def build(form: Form) -> RunTab:
     with gr.Row():
         norm = charts.lines_plot("Vector norm", "norm", "norm-chart")
         drift = charts.lines_plot("Drift from the start (1 - cosine)", "drift", "drift-chart")
+    with gr.Accordion("Samples by step", open=True):
+        grid = sample_grid_html.grid_widget()
     with gr.Row():
         checkpoints = gr.Markdown("No embedding saved yet.")
         messages = gr.Markdown(elem_id="run-messages")
@@ -83,7 +86,7 @@ def build(form: Form) -> RunTab:
         refresh = gr.Button("Refresh list")
     return RunTab(
         save_now, sample_now, resume, resume_note, progress, insight, keep, loss, norm, drift,
-        gallery,
+        gallery, grid,
         checkpoints, messages, log, runs_root, shown, refresh, gr.Timer(POLL_S), gr.State({}),
     )  # fmt: skip
 
@@ -91,7 +94,8 @@ def build(form: Form) -> RunTab:
 def wire(tab: RunTab, bar: RunBar, app: gr.Blocks) -> None:
     """The Run tab's own buttons answer in the run bar's message line (seen from any tab)."""
     views = [tab.progress, tab.insight, tab.keep, tab.loss, tab.norm, tab.drift, tab.gallery,
-             tab.checkpoints, tab.messages, tab.log, tab.resume, tab.resume_note]  # fmt: skip
+             tab.grid, tab.checkpoints, tab.messages, tab.log, tab.resume,
+             tab.resume_note]  # fmt: skip
 
     def draw(folder: str, seen: dict) -> dict[Any, Any]:
         if not folder:
@@ -145,6 +149,10 @@ def wire(tab: RunTab, bar: RunBar, app: gr.Blocks) -> None:
         out[tab.keep] = gr.update(visible=bool(state.latest.suggestion) and not live)
         if not (same_folder and seen.get("samples") == len(state.samples)):
             out[tab.gallery] = run_view.gallery_items(state)
+        grid = sample_grid.build_grid(state)
+        out[tab.seen]["grid"] = grid.key()
+        if not (same_folder and seen.get("grid") == out[tab.seen]["grid"]):
+            out[tab.grid] = sample_grid_html.render(grid)
         return out
 
     def resume(folder: str, root: str) -> dict[Any, Any]:
