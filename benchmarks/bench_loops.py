@@ -27,6 +27,7 @@ from ti_core.embeddings.specs import embedding_specs
 from ti_core.embeddings.tokens import add_embeddings, add_placeholders, text_parts
 from ti_core.models.loading import LoadedModel, load_model
 from ti_core.training.diffusion import training_scheduler
+from ti_core.training.noise import batch_seed
 from ti_core.training.setup import Precision, choose_precision
 
 log = logging.getLogger("bench")
@@ -225,7 +226,7 @@ def batch_stream(batches: Any, seed: int) -> Iterator[tuple[dict[str, Any], int]
         epoch += 1
         batches.set_epoch(epoch)
         for batch_index in range(len(batches)):
-            yield batches[batch_index], hash((seed, epoch, batch_index)) % 2**63
+            yield batches[batch_index], batch_seed(seed, epoch, batch_index)
 
 
 def total_steps(options: Any) -> int:

@@ -110,3 +110,24 @@ def screenshot_path(name: str, tmp_path: Path) -> Path:
     folder = ROOT / "docs" if os.environ.get("TI_UPDATE_SCREENSHOTS") == "1" else tmp_path
     folder.mkdir(parents=True, exist_ok=True)
     return folder / name
+
+
+MAX_TICKS = 15  # per axis: a chart with category axes draws one label per step or loss value
+# The chart's axes as vega draws them in SVG: [its aria label, its number of tick labels]
+# (the grid lines are axes too, without a label).
+TICK_LABELS = """() => Array.from(document.querySelectorAll('#loss-chart g.role-axis[aria-label]'))
+    .map(axis => [axis.getAttribute('aria-label'),
+                  axis.querySelectorAll('.role-axis-label text').length])"""
+
+
+def assert_chart_is_readable(page) -> None:
+    """Two numeric axes with a handful of tick labels each."""
+    page.wait_for_function(  # drawn with data (an empty chart has no loss range yet)
+        f"() => {{ const axes = ({TICK_LABELS})(); "
+        "return axes.length == 2 && axes.every(([label, ticks]) => ticks > 0); }"
+    )
+    axes = page.evaluate(TICK_LABELS)
+    assert [label.split()[0] for label, _ in axes] == ["X-axis", "Y-axis"], axes
+    for label, ticks in axes:
+        assert 2 <= ticks <= MAX_TICKS, axes
+        assert "linear scale" in label, axes  # a category axis is "a discrete scale"

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def page():
-    with chromium_page(120_000, viewport={"width": 1280, "height": 900}) as page:
+    with chromium_page(120_000, viewport={"width": 1366, "height": 768}) as page:
         yield page
 
 

@@ -76,7 +76,7 @@ def test_a_bad_value_is_explained_at_its_widget_and_train_is_off(app, name, valu
 def test_train_with_a_bad_value_writes_no_run_folder(app, tmp_path):
     run_folder = tmp_path / "never"
     data = form_data(app, token_string="", output_dir=str(run_folder))
-    others = {c: "" for block in app.fns.values() if block.fn.__name__ == "start"
+    others = {c: "" for block in app.fns.values() if getattr(block.fn, "__name__", "") == "start"
               for c in block.inputs if c not in data}  # fmt: skip
     out = handler(app, "start")({**data, **others})
     message = next(iter(out.values()))

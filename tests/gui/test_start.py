@@ -8,10 +8,11 @@ import json
 import re
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, chromium_page, screenshot_path
+from conftest import ROOT, assert_chart_is_readable, chromium_page, screenshot_path
 
 from tests.unit.test_command_line import GUIDE_COMMAND
 from ti_core.data.dataset_toml import load_dataset_config
@@ -156,9 +157,13 @@ def test_start_screen_in_a_browser(training_gui, page, demo, tmp_path):
 
     # Try the demo: one click loads the demo preset and trains; Stop in the run bar ends it
     start.click()
+    clicked = time.monotonic()
     page.locator("#start-demo").click()
     # the Run view opens by itself once the run has started, where its chart and samples are
     page.wait_for_selector("#run-tab-button[aria-selected='true']", timeout=120_000)
+    page.locator("#samples-gallery img").first.wait_for(timeout=240_000)  # the step-50 sample
+    assert_chart_is_readable(page)
+    print(f"Try the demo: a sample and a readable chart {time.monotonic() - clicked:.0f} s after")
     start.click()
     wait_for_text(page, "start-demo-status", "Started a run in")
     assert "bar above follows it" in page.locator("#start-demo-status").inner_text()

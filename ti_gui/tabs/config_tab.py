@@ -179,7 +179,7 @@ def wire(tab: ConfigTab, form: Form, form_status: gr.Markdown) -> FormLoader:
             text = presets.open_config_file(path)
         except TiError as error:
             return {tab.status: f"**Not opened:** {error}"}
-        return {tab.toml: text, **apply_toml(text)}
+        return from_text(text)
 
     tab.save.click(
         save_preset, inputs=[tab.save_name, tab.toml], outputs=[tab.status, tab.preset],
